@@ -1,0 +1,35 @@
+# vtr: `make demo` runs the main job end to end, `make test` installs and runs the checks.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install test lint demo bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs when the dependency list changes.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) install -q -c constraints.txt -e ".[dev,distill]"
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
+	$(VENV)/bin/pytest -q -m "not gpu and not slow" --timeout 600
+
+demo: install
+	$(VENV)/bin/vtr demo --out demo_out
+
+# GPU benchmarks run on a CUDA machine (see benchmarks/README.md); results land in benchmarks/results/.
+bench: install
+	$(PY) benchmarks/encoder_speed.py --out benchmarks/results
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo_out

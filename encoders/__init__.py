@@ -1,0 +1,1 @@
+"""vtr subpackage."""
