@@ -1,0 +1,30 @@
+"""Where vtr keeps its data (models, indexes, catalogs): ``$VTR_HOME`` or the platform data dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+ENV_HOME = "VTR_HOME"
+
+
+def data_home(override: str | os.PathLike | None = None, create: bool = True) -> Path:
+    """Return vtr's data home: ``override`` (``--home``), else ``$VTR_HOME``, else the user data dir."""
+    if override is not None:
+        home = Path(override)
+    elif os.environ.get(ENV_HOME):
+        home = Path(os.environ[ENV_HOME])
+    else:
+        home = Path(platformdirs.user_data_dir("vtr", appauthor=False))
+    home = home.expanduser().resolve()
+    if create:
+        home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def set_offline() -> None:
+    """vtr never downloads at run time: make the Hugging Face libraries fail fast instead of fetching."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
