@@ -1,5 +1,128 @@
-"""Placeholder replaced below."""
+"""The `vtr` command line: parse options, call the vtr library, print results (rich on a TTY, --json)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+import vtr
+from vtr.errors import VtrError
+
+app = typer.Typer(
+    name="vtr",
+    help="Video-text retrieval: index your videos, search them with language, evaluate and train models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", help="Data home (models, indexes, catalogs). Default: $VTR_HOME or the user data dir."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def emit_json(obj: Any) -> None:
+    """Write ``obj`` as JSON to stdout (nothing else goes to stdout with --json)."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        out.print(f"vtr {vtr.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """vtr: VideoMamba + BERT video-text retrieval."""
+
+
+@app.command()
+def doctor(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Print the environment: torch/CUDA, scan backends, decoders, faiss flavour, data home, models."""
+    from vtr.doctor import collect_environment
+
+    report = collect_environment(str(home) if home else None)
+    if as_json:
+        emit_json(report)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"vtr {report['vtr']} environment", show_header=False)
+    for key, value in report.items():
+        if key == "vtr":
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write videos/ and the annotation JSON into.")],
+    videos: Annotated[int, typer.Option("--videos", "-n", min=2, help="Number of base clips.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed (the world is deterministic for a seed).")] = 0,
+    test_fraction: Annotated[float, typer.Option(min=0.05, max=0.9, help="Share of clips in the test split.")] = 0.2,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the synthetic vtr-shapes world: H.264 clips of moving shapes with captions, train/test splits."""
+    from tqdm import tqdm
+    from vtr.data.synth import generate_world
+
+    with tqdm(total=videos, desc="synth", unit="clip", file=sys.stderr, disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        summary = generate_world(out_dir, num_videos=videos, seed=seed, test_fraction=test_fraction,
+                                 progress=progress)
+    info = summary.to_dict()
+    if as_json:
+        emit_json(info)
+    else:
+        for key, value in info.items():
+            out.print(f"[bold]{key}[/bold]: {value}")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Working folder for the demo.")] = Path("demo_out"),
+    videos: Annotated[int, typer.Option("--videos", "-n", min=10, help="Clips in the demo world.")] = 120,
+    seed: int = 0,
+    home: HomeOption = None,
+) -> None:
+    """Run the main job end to end on a synthetic library (grows with each vtr component)."""
+    from vtr.demo import run_demo
+
+    run_demo(out_dir, videos=videos, seed=seed, home=home, console=err)
 
 
 def main() -> None:
-    pass
+    """Console entry point: vtr errors become one red line on stderr and their exit code."""
+    try:
+        app()
+    except VtrError as e:
+        err.print(f"[red]error:[/red] {e}")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
