@@ -142,7 +142,7 @@ class BiMambaMixer(nn.Module):
         """Mamba's dt init: bias = softplus^-1(dt), dt ~ logUniform(dt_min, dt_max) (only for training)."""
         for proj in (self.dt_proj, self.dt_proj_b):
             nn.init.uniform_(proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
-            dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = torch.exp(torch.rand(self.d_inner, device=proj.bias.device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
             dt = dt.clamp(min=1e-4)
             with torch.no_grad():
                 proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
@@ -238,7 +238,7 @@ class VideoMamba(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, c))
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, cfg.num_frames // k, c))
-        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()
         inter_dpr = [0.0] + dpr  # layer i drops the *previous* layer's mixer output with dpr[i-1]
         self.layers = nn.ModuleList([Block(cfg, inter_dpr[i]) for i in range(cfg.depth)])
         self.drop_path_final = DropPath(cfg.drop_path_rate)
