@@ -142,7 +142,8 @@ class BiMambaMixer(nn.Module):
         """Mamba's dt init: bias = softplus^-1(dt), dt ~ logUniform(dt_min, dt_max) (only for training)."""
         for proj in (self.dt_proj, self.dt_proj_b):
             nn.init.uniform_(proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
-            dt = torch.exp(torch.rand(self.d_inner, device=proj.bias.device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            log_dt = torch.rand(self.d_inner, device=proj.bias.device) * math.log(dt_max / dt_min)
+            dt = torch.exp(log_dt + math.log(dt_min))
             dt = dt.clamp(min=1e-4)
             with torch.no_grad():
                 proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
