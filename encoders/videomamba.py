@@ -263,6 +263,12 @@ class VideoMamba(nn.Module):
         for i, layer in enumerate(self.layers):
             layer.use_checkpoint = i < num_layers
 
+    def set_scan_backend(self, backend: str | None) -> None:
+        """Use selective-scan ``backend`` (None: automatic) in every mixer."""
+        self.cfg = replace(self.cfg, scan_backend=backend)
+        for layer in self.layers:
+            layer.mixer.scan_backend = backend
+
     @property
     def num_frames(self) -> int:
         return self.cfg.num_frames

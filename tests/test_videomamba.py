@@ -359,3 +359,35 @@ def test_bf16_autocast_runs_close_to_fp32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(video).pooled
     torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.05)
+
+
+# ---------------------------------------------------------------- GPU (run through the device machine)
+
+
+def _cuda_backends() -> list[str]:
+    if not torch.cuda.is_available():
+        return ["chunked"]
+    from vtr.encoders.selective_scan import available_backends
+
+    return [b for b in available_backends("cuda") if b != "reference"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", _cuda_backends())
+def test_cuda_backends_match_cpu_reference(backend):
+    import copy
+
+    torch.manual_seed(0)
+    model = create_video_encoder("videomamba_tiny", num_frames=8, depth=2, scan_backend="reference").eval()
+    video = torch.randn(2, 8, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(video)
+        gpu = copy.deepcopy(model).cuda()
+        gpu.set_scan_backend(backend)
+        out = gpu(video.cuda())
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = gpu(video.cuda())
+    torch.testing.assert_close(out.pooled.cpu(), ref.pooled, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(out.tokens.cpu(), ref.tokens, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(low.pooled.float().cpu(), ref.pooled, rtol=0.05, atol=0.05)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import platformdirs
-
 ENV_HOME = "VTR_HOME"
 
 
@@ -17,6 +15,8 @@ def data_home(override: str | os.PathLike | None = None, create: bool = True) ->
     elif os.environ.get(ENV_HOME):
         home = Path(os.environ[ENV_HOME])
     else:
+        import platformdirs
+
         home = Path(platformdirs.user_data_dir("vtr", appauthor=False))
     home = home.expanduser().resolve()
     if create:
