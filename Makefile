@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench wheel clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,13 @@ test: install lint
 demo: install
 	$(VENV)/bin/vtr demo --out demo_out
 
-# GPU benchmarks run on a CUDA machine (see benchmarks/README.md); results land in benchmarks/results/.
-bench: install
-	$(PY) benchmarks/encoder_speed.py --out benchmarks/results
+# A pure-Python wheel of vtr in .whl/, for CUDA machines that get the code without an install step.
+wheel: install
+	rm -rf .whl && $(PIP) wheel -q --no-deps --no-build-isolation -w .whl .
+
+# GPU tests + benchmarks on a CUDA machine (results in benchmarks/results/): see benchmarks/device_run.sh.
+bench: wheel
+	bash benchmarks/device_run.sh all
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out

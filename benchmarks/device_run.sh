@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run on a CUDA machine from the repo root, with a vtr wheel in .whl/ (built by `make wheel`):
+#   bash benchmarks/device_run.sh [tests] [encoder ARGS...]
+# Installs the wheel (no deps: torch/transformers/einops come from the machine), runs the GPU tests and
+# the encoder benchmark; logs and JSON results go to $OUT (default benchmarks/results).
+set -uo pipefail
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/vtr_site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/vtr_site PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+what=${1:-all}; shift || true
+if [[ $what == tests || $what == all ]]; then
+  # conftest.py needs PyAV, which the device image lacks; these files need no fixtures from it.
+  python3 -m pytest -q -p no:cacheprovider --noconftest --rootdir=. -o addopts="" \
+    tests/test_selective_scan.py tests/test_videomamba.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+fi
+if [[ $what == encoder || $what == all ]]; then
+  python3 benchmarks/encoder_speed.py --out "$OUT" "$@" 2>&1 | tee "$OUT/encoder_bench.log"
+fi
