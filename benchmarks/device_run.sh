@@ -12,8 +12,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 what=${1:-all}; shift || true
 if [[ $what == tests || $what == all ]]; then
   # conftest.py needs PyAV, which the device image lacks; these files need no fixtures from it.
-  python3 -m pytest -q -p no:cacheprovider --noconftest --rootdir=. -o addopts="" \
-    tests/test_selective_scan.py tests/test_videomamba.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+  # Run from another folder: with `python -m pytest` the cwd comes first on sys.path, and the repo's own
+  # vtr/ (which lacks the mapped encoders/) would shadow the installed wheel.
+  repo=$PWD
+  (cd /tmp && python3 -m pytest -q -p no:cacheprovider --noconftest --rootdir="$repo" -o addopts="" \
+    "$repo/tests/test_selective_scan.py" "$repo/tests/test_videomamba.py" 2>&1) | tee "$OUT/gpu_tests.log" | tail -15
 fi
 if [[ $what == encoder || $what == all ]]; then
   python3 benchmarks/encoder_speed.py --out "$OUT" "$@" 2>&1 | tee "$OUT/encoder_bench.log"
