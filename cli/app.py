@@ -81,6 +81,7 @@ def synth(
 ) -> None:
     """Write the synthetic vtr-shapes world: H.264 clips of moving shapes with captions, train/test splits."""
     from tqdm import tqdm
+
     from vtr.data.synth import generate_world
 
     with tqdm(total=videos, desc="synth", unit="clip", file=sys.stderr, disable=None) as bar:
@@ -110,6 +111,80 @@ def demo(
     from vtr.demo import run_demo
 
     run_demo(out_dir, videos=videos, seed=seed, home=home, console=err)
+
+
+models_app = typer.Typer(help="Import, list and choose retrieval models (official checkpoints, trained models).",
+                          no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("import")
+def models_import(
+    file: Annotated[Path, typer.Argument(help="Official checkpoint, e.g. videomamba_m16_25M_f8_res224.pth")],
+    name: Annotated[str | None, typer.Option(help="Name to register it under (default: the file stem).")] = None,
+    default: Annotated[bool, typer.Option("--default", help="Make it the default model.")] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate an official VideoMamba multimodal checkpoint and convert it into a vtr model directory."""
+    from vtr.model.registry import import_official_checkpoint
+
+    with err.status(f"importing {file} ..."):
+        info = import_official_checkpoint(file, name=name, home=home, make_default=True if default else None)
+    if as_json:
+        emit_json(info)
+    else:
+        sha = info["source_sha256"][:12]
+        out.print(f"[green]imported[/green] {info['name']} -> {info['path']} "
+                  f"({info['parameters']:,} parameters, {info['num_frames']} frames, sha256 {sha})")
+
+
+@models_app.command("list")
+def models_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Installed models (data home) and the registered architectures."""
+    from vtr.model.registry import default_model, installed_models
+    from vtr.model.retrieval import list_models
+
+    installed, dflt = installed_models(home), default_model(home)
+    if as_json:
+        emit_json({"installed": installed, "default": dflt, "architectures": list_models()})
+        return
+    for name, path in sorted(installed.items()):
+        out.print(f"{'*' if name == dflt else ' '} {name}  {path}")
+    if not installed:
+        out.print("no installed models (vtr models import FILE, or vtr train ...)")
+    out.print(f"architectures: {', '.join(list_models())}")
+
+
+@models_app.command("info")
+def models_info(name: Annotated[str, typer.Argument(help="Installed model name or model directory.")],
+                home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Config and provenance of an installed model."""
+    import json as _json
+
+    from vtr.errors import ConfigError
+    from vtr.model.registry import CONFIG_FILE, read_meta, resolve_model_path
+
+    path = resolve_model_path(name, home)
+    if path is None:
+        raise ConfigError(f"no installed model or model directory named {name!r} (see `vtr models list`)")
+    info = {"name": name, "path": str(path), "config": _json.loads((path / CONFIG_FILE).read_text()),
+            "meta": read_meta(path)}
+    if as_json:
+        emit_json(info)
+    else:
+        for key, value in info.items():
+            out.print(f"[bold]{key}[/bold]: {value}")
+
+
+@models_app.command("default")
+def models_default(name: Annotated[str, typer.Argument(help="Installed model to use when --model is omitted.")],
+                   home: HomeOption = None) -> None:
+    """Set the default model."""
+    from vtr.model.registry import set_default_model
+
+    set_default_model(name, home)
+    out.print(f"default model: {name}")
 
 
 def main() -> None:
