@@ -51,3 +51,13 @@ def test_wheel_install_imports_mapped_packages(wheel, tmp_path):
     assert out.returncode == 0, out.stderr
     for line in out.stdout.split():
         assert line.startswith(str(target)), line
+
+
+def test_wheel_contains_every_subpackage(wheel):
+    """pyproject lists packages by hand: a new subpackage missing from it would be left out of the wheel."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    roots = {"vtr": ROOT / "vtr", **{f"vtr/{folder}": ROOT / folder for folder in MAPPED.values()}}
+    for prefix, folder in roots.items():
+        for init in folder.rglob("__init__.py"):
+            rel = init.relative_to(folder).as_posix()
+            assert f"{prefix}/{rel}" in names, f"{prefix}/{rel} missing from the wheel: add it to pyproject packages"
