@@ -113,6 +113,82 @@ def demo(
     run_demo(out_dir, videos=videos, seed=seed, home=home, console=err)
 
 
+@app.command("eval")
+def eval_cmd(
+    dataset: Annotated[str, typer.Argument(help="msrvtt | didemo | anet | lsmdc | msvd | custom")],
+    data_root: Annotated[Path | None, typer.Option(help="Folder with the annotation file(s) and videos.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name, model directory, or installed model.")] = None,
+    split: Annotated[str, typer.Option(help="test or val (DiDeMo).")] = "test",
+    annotation: Annotated[Path | None, typer.Option(help="Annotation file (JSON list or MSRVTT CSV).")] = None,
+    video_root: Annotated[Path | None, typer.Option(help="Folder the annotation's video paths start from.")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per video (default: the protocol's, 8).")] = None,
+    rerank_k: Annotated[int, typer.Option(help="ITM re-rank the top k (0: dual encoder only).")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Videos per encoder batch.")] = 32,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, as the official eval) | bf16 | fp32")] = "auto",
+    workers: Annotated[int, typer.Option(help="Video decode workers.")] = 2,
+    max_txt_l: Annotated[int | None, typer.Option(help="Override the protocol's max text length.")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Only sample the first S seconds (0: no trim).")] = None,
+    paragraph: Annotated[bool | None, typer.Option("--paragraph/--no-paragraph", help="Join caption lists.")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail when annotated videos are missing.")] = False,
+    dual_softmax: Annotated[bool, typer.Option(help="Dual-softmax re-weighting (not the official protocol).")] = False,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Cache video features in the data home.")] = True,
+    output: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Zero-shot text-video retrieval with the official protocol; reports dual-encoder and re-ranked metrics."""
+    from vtr.evaluation.datasets import discover
+    from vtr.evaluation.evaluator import EvalSettings, RetrievalEvaluator
+    from vtr.home import data_home
+    from vtr.model.registry import create_model
+
+    ds = discover(dataset, data_root, split=split, annotation=annotation, video_root=video_root, strict=strict,
+                  paragraph=paragraph, max_txt_l=max_txt_l, max_seconds=max_seconds, num_frames=frames)
+    if ds.missing_videos:
+        err.print(f"[yellow]warning:[/yellow] {ds.num_missing} of {ds.num_annotated_videos} annotated videos are "
+                  f"missing under {ds.video_root} (left out with {ds.num_dropped_texts} texts; --strict to fail)")
+    net = create_model(model, home=home)
+    settings = EvalSettings(frames=frames, rerank_k=rerank_k, video_batch_size=batch_size, device=device,
+                            precision=precision, workers=workers, dual_softmax=dual_softmax,
+                            cache_dir=str(data_home(home) / "cache" / "eval") if cache else None)
+    report = RetrievalEvaluator(ds, settings)(net, model_name=str(model) if model else None)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2, default=str))
+    if as_json:
+        emit_json(report)
+    else:
+        print_eval_report(report)
+
+
+def print_eval_report(report: dict) -> None:
+    """The metrics table plus the protocol lines that make the numbers reproducible."""
+    from rich.table import Table
+
+    table = Table(title=f"{report['dataset']} {report['split']}: {report['num_texts_evaluated']} texts x "
+                        f"{report['num_videos_evaluated']} videos")
+    cols = ["t2v_r1", "t2v_r5", "t2v_r10", "t2v_mdr", "t2v_mnr", "v2t_r1", "v2t_r5", "v2t_r10", "r_mean"]
+    table.add_column("scores")
+    for col in cols:
+        direction, metric = col.split("_", 1)
+        label = {"r1": "R@1", "r5": "R@5", "r10": "R@10", "mdr": "MdR", "mnr": "MnR", "mean": "mean"}[
+            metric.removeprefix("r_") if metric == "r_mean" else metric]
+        table.add_column(label if col == "r_mean" else f"{direction.upper()} {label}", justify="right")
+    for name in ("dual", "rerank"):
+        if name in report:
+            table.add_row(name, *(f"{report[name][c]:.2f}" for c in cols))
+    out.print(table)
+    proto = report["protocol"]
+    out.print(f"model {report['model']['name']} (sha256 {str(report['model']['weights_sha256'])[:12]}), "
+              f"{report['precision']} on {report['device']}, {report['wall_time_s']} s")
+    out.print(f"{proto['num_frames']} frames ({proto['sampling']}), {proto['resolution']}px, max_txt_l "
+              f"{proto['max_txt_l']}, trim {proto['max_seconds']}, paragraph {proto['paragraph']}, rerank k "
+              f"{proto['rerank_k']}, dual-softmax {proto['dual_softmax']}")
+    out.print(f"annotation {report['annotation']} (sha256 {report['annotation_sha256'][:12]}); missing videos "
+              f"{report['num_missing_videos']}, undecodable {report['num_undecodable_videos']}")
+
+
 models_app = typer.Typer(help="Import, list and choose retrieval models (official checkpoints, trained models).",
                           no_args_is_help=True)
 app.add_typer(models_app, name="models")
