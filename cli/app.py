@@ -189,6 +189,170 @@ def print_eval_report(report: dict) -> None:
               f"{report['num_missing_videos']}, undecodable {report['num_undecodable_videos']}")
 
 
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    config: Annotated[str, typer.Argument(help="Shipped config name (shapes_tiny, stage2_masked, ...) or YAML path.")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="Dotted overrides, e.g. model.img_size=96 optim.lr=1e-4 data.world=DIR.")] = None,
+    resume: Annotated[str | None, typer.Option(help="Checkpoint to resume from, or 'last' (the run's last.ckpt).")
+                      ] = None,
+    name: Annotated[str | None, typer.Option(help="Run and model name (default: the config's name).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory (default: <home>/runs/<name>).")
+                       ] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train a retrieval model with Lightning; export it to the data home as NAME (progress on stderr)."""
+    from vtr.training.run import train as run_training
+
+    summary = run_training(config, overrides or [], resume=resume, name=name, home=home, out=out_dir)
+    if summary.get("world_size", 1) > 1 and summary.get("model_dir") is None:
+        return  # non-zero ranks of a multi-process run print nothing
+    if as_json:
+        emit_json(summary)
+        return
+    metrics = summary.get("metrics") or {}
+    shown = {k: round(v, 2) for k, v in metrics.items() if k in ("t2v_r1", "t2v_r5", "t2v_r10", "temporal_r1",
+                                                                   "temporal_chance")}
+    out.print(f"[green]trained[/green] {summary['name']}: {summary['global_step']} steps in {summary['wall_s']:.0f}s"
+              f" ({summary['samples_per_s'] or 0:.1f} samples/s)")
+    if shown:
+        out.print("validation: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    out.print(f"model: {summary['model_dir']}\nrun: {summary['run_dir']}")
+
+
+ModelOption = Annotated[str | None, typer.Option(
+    "--model", help="Model name, model directory or installed model (default: the index's, else the default).")]
+IndexOption = Annotated[str, typer.Option("--index", help="Index name (several can live in one data home).")]
+DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda")]
+DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL of the catalog (default: SQLite in home).")]
+
+INDEX_ACTIONS = ("status", "list", "remove")
+
+
+@app.command("index")
+def index_cmd(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Video files or folders (walked recursively); or one of: status, list, remove.")] = None,
+    model: ModelOption = None,
+    index: IndexOption = "default",
+    segment: Annotated[float | None, typer.Option(help="Cut videos longer than this (s) into windows.")] = None,
+    stride: Annotated[float | None, typer.Option(help="Window stride in seconds (default: --segment).")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per clip (default: the model's).")] = None,
+    workers: Annotated[int, typer.Option(help="Decode worker processes.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Clips per encoder batch.")] = 16,
+    device: DeviceOption = "auto",
+    factory: Annotated[str | None, typer.Option(help="FAISS index_factory string for a new index (Flat).")] = None,
+    prune: Annotated[bool, typer.Option(help="Remove vectors of files that no longer exist.")] = False,
+    reindex: Annotated[bool, typer.Option(help="Drop the index's vectors and re-embed (model change).")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Try files that failed before again.")] = False,
+    db: DbOption = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Index videos (`vtr index PATH...`), or manage indexes: `vtr index status|list|remove [--index NAME]`.
+
+    Incremental (unchanged files are skipped) and crash-safe (re-run to resume); bad files are recorded with
+    their reason and skipped.
+    """
+    from vtr.errors import ConfigError
+
+    if not paths:
+        raise ConfigError("nothing to index: give video files or folders (or: vtr index status|list|remove)")
+    action = str(paths[0])
+    if action in INDEX_ACTIONS and not paths[0].exists():
+        if len(paths) > 1:
+            raise ConfigError(f"`vtr index {action}` takes no paths (use --index NAME)")
+        return _index_action(action, index, db, home, as_json)
+    from vtr.pipeline import Library
+
+    lib = Library(home=home, index=index, model=model, device=device, db_url=db, factory=factory)
+    report = lib.index(paths, segment=segment, stride=stride, frames=frames, workers=workers,
+                       batch_size=batch_size, prune=prune, reindex=reindex, retry_failed=retry_failed)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    out.print(f"indexed {report.indexed} videos ({report.segments} segments) in {report.wall_s} s "
+              f"({report.videos_per_s} videos/s); unchanged {report.unchanged}, failed {len(report.failed)}, "
+              f"pruned {report.pruned}")
+    for f in report.failed[:20]:
+        err.print(f"[yellow]skipped[/yellow] {f['path']}: {f['reason']}")
+
+
+def _index_action(action: str, index: str, db: str | None, home: Path | None, as_json: bool) -> None:
+    from vtr.errors import ConfigError
+    from vtr.pipeline import Library, list_libraries, remove_library
+
+    if action == "list":
+        libs = list_libraries(home, db_url=db)
+        if as_json:
+            emit_json(libs)
+        for lib in [] if as_json else libs:
+            out.print(f"{lib['name']}: {lib['vector_count']} vectors, model {lib['model_name']}, {lib['factory']}")
+        if not libs and not as_json:
+            out.print("no indexes (vtr index PATH...)")
+    elif action == "remove":
+        if not remove_library(home, index, db_url=db):
+            raise ConfigError(f"no index named {index!r} (vtr index list)")
+        if as_json:
+            emit_json({"removed": index})
+        else:
+            out.print(f"removed index {index}")
+    else:
+        status = Library(home=home, index=index, db_url=db).status()
+        if as_json:
+            emit_json(status)
+            return
+        for key, value in status.items():
+            if key == "failures":
+                out.print(f"[bold]failures[/bold]: {len(value)}")
+                for path, reason in value[:20]:
+                    out.print(f"  {path}: {reason}")
+            else:
+                out.print(f"[bold]{key}[/bold]: {value}")
+
+
+@app.command()
+def search(
+    query: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
+    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
+    index: IndexOption = "default",
+    model: ModelOption = None,
+    rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="Re-score with the ITM head.")] = False,
+    video: Annotated[Path | None, typer.Option(help="Find videos like this one instead.")] = None,
+    from_file: Annotated[Path | None, typer.Option(help="Run every query of this file (one per line).")] = None,
+    device: DeviceOption = "auto",
+    db: DbOption = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Search an index: `vtr search "person chopping onions"`."""
+    from vtr.errors import ConfigError
+    from vtr.pipeline import Library, read_queries
+
+    if sum(x is not None for x in (query, video, from_file)) != 1:
+        raise ConfigError("give exactly one of: a QUERY, --video FILE or --from-file FILE")
+    lib = Library(home=home, index=index, model=model, device=device, db_url=db)
+    if video is not None:
+        queries, results = [str(video)], [lib.search_video(video, k)]
+    else:
+        queries = read_queries(from_file) if from_file else [query]
+        results = lib.search(queries, k=k, rerank=rerank)
+    if as_json:
+        rows = [{"query": q, "results": [h.to_dict() for h in hits]} for q, hits in zip(queries, results, strict=True)]
+        emit_json(rows[0]["results"] if len(rows) == 1 else rows)
+        return
+    from rich.table import Table
+
+    for q, hits in zip(queries, results, strict=True):
+        table = Table(title=q)
+        for col in ("rank", "score", "path", "start-end"):
+            table.add_column(col)
+        for h in hits:
+            table.add_row(str(h.rank), f"{h.score:.4f}", h.path, f"{h.start_s:.1f}-{h.end_s:.1f}s")
+        out.print(table)
+
+
 models_app = typer.Typer(help="Import, list and choose retrieval models (official checkpoints, trained models).",
                           no_args_is_help=True)
 app.add_typer(models_app, name="models")

@@ -1,0 +1,1059 @@
+"""A video library: the catalog (point of truth) and the FAISS index derived from it, for one named index.
+
+Crash consistency
+-----------------
+* Every change (add / re-add / fail / remove a video, reindex) is ONE catalog transaction that writes the
+  videos, segments and embeddings rows together; its commit is the point of truth. Only after it commits is
+  the in-memory FAISS index updated.
+* The FAISS file is derived data, written by :meth:`LibraryStore.flush` atomically (temp file, fsync, rename,
+  fsync folder) and its sha256 then recorded in ``indexes.faiss_checksum``.
+* On open, the FAISS file is loaded and verified (readable, sha256 as recorded, right kind and width); if it is
+  not, it is rebuilt from the ``embeddings`` table (with a warning). Its id set is then reconciled with the
+  catalog's: ids not in the catalog are removed, catalog ids not in the file are added from ``embeddings``.
+  Vector ids are never reused, so an id that is in both always means the same vector.
+* Searches only return vectors whose catalog rows exist in the snapshot they read (stale ids are dropped).
+
+So whatever point a writer is killed at, the next open sees an index consistent with the last committed
+catalog state. One writer per index at a time (a lock file in ``<home>/indexes/``); any number of read-only
+stores may read meanwhile, each seeing committed snapshots (SQLite WAL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from vtr.index.catalog import (
+    CATALOG_FILE,
+    Catalog,
+    Embedding,
+    IndexRecord,
+    Segment,
+    Video,
+    decode_path,
+    encode_path,
+    utcnow,
+)
+from vtr.index.files import VIDEO_EXTENSIONS, walk_videos
+from vtr.index.vector_index import IndexCorruptError, VectorIndex, file_sha256, normalize
+
+from vtr.data.decode import VideoInfo
+from vtr.errors import ConfigError, VideoDecodeError, VtrError
+from vtr.home import data_home
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Hit",
+    "IndexBusyError",
+    "IndexSummary",
+    "LibraryStore",
+    "Plan",
+    "PlanItem",
+    "StoreStatus",
+    "VIDEO_EXTENSIONS",
+    "list_indexes",
+    "remove_index",
+    "walk_videos",
+]
+
+INDEX_DIR = "indexes"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ID_SHIFT = 40  # vector ids of index i are (i << 40) + 0, 1, 2, ...
+_CHUNK = 500  # ids per IN (...) list
+_REBUILD_BATCH = 16384
+
+
+class IndexBusyError(VtrError):
+    """Another process is writing this index."""
+
+    exit_code = 6
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a segment ``[start_s, end_s)`` of ``video_path`` (a ``str`` the OS accepts)."""
+
+    score: float
+    vector_id: int
+    video_path: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """What :meth:`LibraryStore.plan` decided for one file (``action``: new/changed/unchanged/deleted)."""
+
+    path: str
+    action: str
+    size: int | None = None
+    mtime_ns: int | None = None
+    content_hash: str | None = None  # set when the plan had to hash the file (pass it to add_video)
+    reason: str = ""
+
+
+@dataclass
+class Plan:
+    """Per-file decisions. ``touched``: unchanged files whose mtime changed but not their content (the
+    catalog's mtime was updated). ``deleted`` files were removed from the catalog only if ``pruned``."""
+
+    new: list[PlanItem] = field(default_factory=list)
+    changed: list[PlanItem] = field(default_factory=list)
+    unchanged: list[PlanItem] = field(default_factory=list)
+    deleted: list[PlanItem] = field(default_factory=list)
+    touched: list[PlanItem] = field(default_factory=list)
+    pruned: bool = False
+
+    @property
+    def to_index(self) -> list[PlanItem]:
+        """The files to (re-)embed: new then changed."""
+        return self.new + self.changed
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    name: str
+    model_name: str
+    weights_sha256: str | None
+    embedding_dim: int
+    factory: str
+    vector_count: int
+    videos: int
+    created_at: Any
+    updated_at: Any
+
+
+@dataclass
+class StoreStatus:
+    name: str
+    model_name: str
+    weights_sha256: str | None
+    embedding_dim: int
+    factory: str
+    videos: dict[str, int]  # by status: indexed / failed / pending
+    failures: list[tuple[str, str]]  # (display path, reason)
+    segments: int
+    vectors: int  # embeddings in the catalog
+    faiss_vectors: int  # vectors in the in-memory FAISS index
+    db_bytes: int | None
+    faiss_bytes: int | None
+    schema_version: int
+
+
+@dataclass(frozen=True)
+class ConsistencyReport:
+    """What :meth:`LibraryStore.check` found: ids removed (stale) and added (missing), or a full rebuild."""
+
+    stale: int = 0
+    missing: int = 0
+    rebuilt: bool = False
+    reason: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return self.rebuilt or self.stale > 0 or self.missing > 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"invalid index name {name!r}: use letters, digits, '.', '_' or '-' (up to 128, not starting with '.')"
+        )
+    return name
+
+
+def _abspath(path: str | os.PathLike | bytes) -> str:
+    return os.path.abspath(os.fsdecode(os.fspath(path)))
+
+
+def _chunks(values: Sequence[int] | np.ndarray, size: int = _CHUNK) -> Iterable[list[int]]:
+    for start in range(0, len(values), size):
+        yield [int(v) for v in values[start : start + size]]
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_load(blob: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+class _FileLock:
+    """An exclusive ``flock`` on a lock file (no-op where fcntl is unavailable)."""
+
+    def __init__(self, path: Path, timeout_s: float, what: str) -> None:
+        self.path = path
+        self._fh: Any = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: single-writer discipline is up to the user
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+b")  # held (and locked) until release()
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    fh.close()
+                    raise IndexBusyError(
+                        f"{what} is being written by another vtr process (lock {str(path)!r}); "
+                        "wait for it to finish, or open the index read-only"
+                    ) from exc
+                time.sleep(0.05)
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the file drops the flock
+            self._fh = None
+
+
+def _faiss_path(home: Path, name: str) -> Path:
+    return home / INDEX_DIR / f"{name}.faiss"
+
+
+def _lock_path(home: Path, name: str) -> Path:
+    return home / INDEX_DIR / f"{name}.lock"
+
+
+def _drop_video_vectors(session: Session, video_id: int) -> list[int]:
+    """Delete a video's segments and embeddings (not the video row); return the vector ids dropped."""
+    ids = list(session.scalars(sa.select(Segment.vector_id).where(Segment.video_id == video_id)))
+    if ids:
+        session.execute(
+            sa.delete(Embedding).where(
+                Embedding.vector_id.in_(sa.select(Segment.vector_id).where(Segment.video_id == video_id))
+            )
+        )
+        session.execute(sa.delete(Segment).where(Segment.video_id == video_id))
+    return ids
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return int(st.st_size), int(st.st_mtime_ns)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class LibraryStore:
+    """Catalog + FAISS index of one named index in a vtr home. Use :meth:`open`; not thread-safe."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        home: Path,
+        record: IndexRecord,
+        *,
+        read_only: bool,
+        device: str,
+        lock: _FileLock | None,
+    ) -> None:
+        self.catalog = catalog
+        self.home = home
+        self.read_only = read_only
+        self.device = device
+        self._lock = lock
+        self.index_id = int(record.id)
+        self.name = record.name
+        self._set_record(record)
+        self.faiss_path = _faiss_path(home, self.name)
+        self._index = VectorIndex(self.dim, self.factory, device=device)
+        self._generation = -1
+        self._checksum: str | None = None
+        self._dirty = False
+        self._suspect = False
+        self.last_check = ConsistencyReport()
+
+    def _set_record(self, record: IndexRecord) -> None:
+        self.model_name = record.model_name
+        self.weights_sha256 = record.weights_sha256
+        self.dim = int(record.embedding_dim)
+        self.factory = record.factory
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        home: str | os.PathLike | None = None,
+        name: str = "default",
+        *,
+        model_name: str | None = None,
+        weights_sha256: str | None = None,
+        dim: int | None = None,
+        factory: str | None = None,
+        db_url: str | None = None,
+        read_only: bool = False,
+        reindex: bool = False,
+        device: str = "auto",
+        lock_timeout_s: float = 0.0,
+    ) -> LibraryStore:
+        """Open (creating it if needed, unless ``read_only``) the index ``name`` in ``home``.
+
+        ``model_name`` / ``weights_sha256`` / ``dim`` are what the query and video embeddings come from: a new
+        index needs ``model_name`` and ``dim``; an existing one refuses different ones with ConfigError unless
+        ``reindex`` (which drops all its vectors and takes the new model). ``factory`` (FAISS factory string)
+        defaults to ``"Flat"`` for a new index and to the index's own otherwise; a different one given for an
+        existing index rebuilds its FAISS index from the stored embeddings (no re-embedding).
+        ``read_only`` stores never write (several may read while one process writes).
+        """
+        _check_name(name)
+        home_path = data_home(home, create=not read_only)
+        catalog = Catalog.open(home_path, db_url, read_only=read_only)
+        lock = None
+        try:
+            if not read_only:
+                lock = _FileLock(_lock_path(home_path, name), lock_timeout_s, f"index {name!r}")
+            record = cls._prepare_record(
+                catalog, name, model_name, weights_sha256, dim, factory, read_only=read_only, reindex=reindex
+            )
+            store = cls(catalog, home_path, record, read_only=read_only, device=device, lock=lock)
+            if reindex and not read_only:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(store.faiss_path)
+            store.check()
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            catalog.close()
+            raise
+        return store
+
+    @staticmethod
+    def _prepare_record(
+        catalog: Catalog,
+        name: str,
+        model_name: str | None,
+        weights_sha256: str | None,
+        dim: int | None,
+        factory: str | None,
+        *,
+        read_only: bool,
+        reindex: bool,
+    ) -> IndexRecord:
+        if read_only:
+            with catalog.read() as s:
+                record = s.scalar(sa.select(IndexRecord).where(IndexRecord.name == name))
+            if record is None:
+                raise ConfigError(f"no index named {name!r} in the catalog: build it first with `vtr index`")
+            _check_model(record, model_name, weights_sha256, dim)
+            return record
+        with catalog.write() as s:
+            record = s.scalar(sa.select(IndexRecord).where(IndexRecord.name == name))
+            now = utcnow()
+            if factory is not None:  # a bad factory string fails here, with FAISS's reason
+                VectorIndex(int(dim or (record.embedding_dim if record is not None else 0) or 1), factory)
+            if record is None:
+                if model_name is None or dim is None:
+                    raise ConfigError(f"index {name!r} does not exist yet: creating it needs a model name and width")
+                record = IndexRecord(
+                    name=name,
+                    model_name=model_name,
+                    weights_sha256=weights_sha256,
+                    embedding_dim=int(dim),
+                    factory=factory or "Flat",
+                    created_at=now,
+                    updated_at=now,
+                    vector_count=0,
+                    next_vector_id=0,
+                    generation=0,
+                )
+                s.add(record)
+                s.flush()
+                record.next_vector_id = int(record.id) << _ID_SHIFT
+                log.info("created index %r (model %s, dim %d, %s)", name, model_name, dim, record.factory)
+                return record
+            if reindex:
+                _reset_index(s, record)
+                record.model_name = model_name or record.model_name
+                record.weights_sha256 = weights_sha256 if model_name is not None else record.weights_sha256
+                record.embedding_dim = int(dim or record.embedding_dim)
+                record.factory = factory or record.factory
+                log.warning("index %r: dropped all vectors for re-indexing with %s", name, record.model_name)
+                return record
+            _check_model(record, model_name, weights_sha256, dim)
+            if factory is not None and factory != record.factory:
+                log.info(
+                    "index %r: FAISS factory %r -> %r (rebuilt from stored embeddings)", name, record.factory, factory
+                )
+                record.factory = factory
+                record.faiss_checksum = None
+                record.updated_at = now
+            return record
+
+    # ------------------------------------------------------------------ consistency
+
+    def check(self) -> ConsistencyReport:
+        """Make the in-memory FAISS index agree with the catalog (loading the file first if needed).
+
+        Loads ``<home>/indexes/<name>.faiss`` when this store has not yet, verifying its checksum; rebuilds from
+        the ``embeddings`` table when it is missing, corrupt or of the wrong kind; then removes ids the
+        catalog lacks and adds catalog vectors the index lacks. A writable store saves the result.
+        """
+        with self.catalog.read() as s:
+            record = self._record(s)
+            loaded = self._generation >= 0
+            reason = ""
+            catalog_ids = self._catalog_ids(s)
+            if not loaded:
+                index, reason = self._load_file(record)
+                if index is None and (reason or len(catalog_ids)):
+                    reason = reason or "no FAISS file was saved yet"
+                    log.warning(
+                        "index %r: %s; rebuilding it from the catalog (%d vectors)", self.name, reason, len(catalog_ids)
+                    )
+                    index = self._rebuild(s)
+                    report = ConsistencyReport(rebuilt=True, reason=reason)
+                elif index is None:
+                    index = VectorIndex(self.dim, self.factory, device=self.device)
+                    report = ConsistencyReport()
+                else:
+                    self._checksum = record.faiss_checksum
+                    index, report = self._reconcile(s, index, catalog_ids)
+            else:
+                index, report = self._reconcile(s, self._index, catalog_ids)
+            self._index = index
+            self._generation = int(record.generation)
+        self._suspect = False
+        if report.changed:
+            self._dirty = True
+            if report.stale or report.missing:
+                log.warning(
+                    "index %r: the FAISS index disagreed with the catalog (%d stale, %d missing vectors); fixed",
+                    self.name,
+                    report.stale,
+                    report.missing,
+                )
+        if not self.read_only and (self._dirty or (not self.faiss_path.exists() and self._index.ntotal)):
+            self.flush()
+        self.last_check = report
+        return report
+
+    def _record(self, s: Session) -> IndexRecord:
+        record = s.get(IndexRecord, self.index_id)
+        if record is None or record.name != self.name:
+            raise ConfigError(f"index {self.name!r} was removed from the catalog")
+        return record
+
+    def _catalog_ids(self, s: Session) -> np.ndarray:
+        rows = s.execute(sa.select(Embedding.vector_id).where(Embedding.index_id == self.index_id)).scalars()
+        return np.fromiter(rows, np.int64)
+
+    def _load_file(self, record: IndexRecord) -> tuple[VectorIndex | None, str]:
+        """The verified FAISS file, or ``(None, why not)`` (``why`` empty: nothing was ever saved)."""
+        exists = self.faiss_path.exists()
+        if record.faiss_checksum is None:
+            return None, ("the FAISS file was not recorded in the catalog" if exists else "")
+        if not exists:
+            return None, f"the FAISS file {str(self.faiss_path)!r} is missing"
+        try:
+            index = VectorIndex.load(self.faiss_path, record.faiss_checksum, factory=self.factory, device=self.device)
+        except IndexCorruptError as exc:
+            return None, exc.detail
+        if index.dim != self.dim:
+            return None, f"the FAISS file holds {index.dim}-d vectors, the index is {self.dim}-d"
+        return index, ""
+
+    def _rebuild(self, s: Session) -> VectorIndex:
+        """A new FAISS index with every embedding of this index (one snapshot, streamed in batches)."""
+        index = VectorIndex(self.dim, self.factory, device=self.device)
+        stmt = (
+            sa.select(Embedding.vector_id, Embedding.vector)
+            .where(Embedding.index_id == self.index_id)
+            .order_by(Embedding.vector_id)
+            .execution_options(yield_per=_REBUILD_BATCH)
+        )
+        for part in s.execute(stmt).partitions():
+            ids, vectors = self._decode_rows(part)
+            index.add(vectors, ids)
+        return index
+
+    def _decode_rows(self, rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        blob = b"".join(bytes(r[1]) for r in rows)
+        if len(blob) != len(rows) * self.dim * 4:
+            raise VtrError(f"index {self.name!r}: stored embeddings are not {self.dim}-d float32 (catalog damaged?)")
+        return ids, np.frombuffer(blob, np.float32).reshape(len(rows), self.dim)
+
+    def _fetch(self, s: Session, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        got_ids, got_vecs = [], []
+        for chunk in _chunks(ids):
+            rows = s.execute(
+                sa.select(Embedding.vector_id, Embedding.vector).where(
+                    Embedding.index_id == self.index_id, Embedding.vector_id.in_(chunk)
+                )
+            ).all()
+            if rows:
+                i, v = self._decode_rows(rows)
+                got_ids.append(i)
+                got_vecs.append(v)
+        if not got_ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate(got_ids), np.concatenate(got_vecs)
+
+    def _reconcile(
+        self, s: Session, index: VectorIndex, catalog_ids: np.ndarray
+    ) -> tuple[VectorIndex, ConsistencyReport]:
+        """``index`` brought in line with ``catalog_ids`` (the same object, or a rebuilt one)."""
+        faiss_ids = index.ids()
+        if len(np.unique(faiss_ids)) != len(faiss_ids):
+            log.warning("index %r: duplicate ids in the FAISS index; rebuilding it from the catalog", self.name)
+            return self._rebuild(s), ConsistencyReport(rebuilt=True, reason="duplicate ids")
+        stale = np.setdiff1d(faiss_ids, catalog_ids, assume_unique=True)
+        missing = np.setdiff1d(catalog_ids, faiss_ids, assume_unique=True)
+        if len(missing) > max(_REBUILD_BATCH, len(catalog_ids) // 2):
+            return self._rebuild(s), ConsistencyReport(stale=int(len(stale)), missing=int(len(missing)), rebuilt=True)
+        if len(stale):
+            index.remove_ids(stale)
+        if len(missing):
+            ids, vectors = self._fetch(s, missing)
+            index.add(vectors, ids)
+        return index, ConsistencyReport(stale=int(len(stale)), missing=int(len(missing)))
+
+    # ------------------------------------------------------------------ writes
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise ConfigError(f"index {self.name!r} was opened read-only")
+
+    def _bump(self, record: IndexRecord, added: int, removed: int) -> int:
+        record.vector_count = int(record.vector_count) + added - removed
+        record.generation = int(record.generation) + 1
+        record.updated_at = utcnow()
+        return int(record.generation)
+
+    def _apply(self, generation: int, remove: Sequence[int] = (), add: tuple[np.ndarray, np.ndarray] | None = None):
+        """Mirror a committed catalog change into the in-memory FAISS index."""
+        try:
+            if len(remove):
+                self._index.remove_ids(np.asarray(remove, np.int64))
+            if add is not None and len(add[1]):
+                self._index.add(add[0], add[1])
+        except BaseException:
+            self._suspect = True  # the catalog committed: reconcile before the next flush / search
+            raise
+        self._generation = generation
+        self._dirty = True
+
+    def add_video(
+        self,
+        info: VideoInfo,
+        segments: Sequence[tuple[float, float]],
+        embeddings: np.ndarray,
+        extra: Sequence[np.ndarray | None] | np.ndarray | None = None,
+        *,
+        content_hash: str | None = None,
+    ) -> np.ndarray:
+        """Store a video's segments and their embeddings ([S, dim]) in one transaction; return the vector ids.
+
+        Replaces what the catalog held for the same path. ``extra`` (optional) holds per-segment arrays (e.g.
+        per-frame embeddings ``[T, dim]``) kept for re-ranking. ``content_hash`` is the file's sha256 when the
+        caller has it (:class:`PlanItem`); it is computed otherwise.
+        """
+        self._require_writable()
+        path = _abspath(info.path)
+        raw, display = encode_path(path)
+        segs = [(float(a), float(b)) for a, b in segments]
+        if not segs:
+            raise ValueError(f"no segments given for {display!r}")
+        for a, b in segs:
+            if not (np.isfinite(a) and np.isfinite(b)) or b < a or a < 0:
+                raise ValueError(f"invalid segment ({a}, {b}) for {display!r}")
+        vectors = normalize(embeddings)
+        if vectors.shape != (len(segs), self.dim):
+            raise ValueError(f"expected embeddings of shape ({len(segs)}, {self.dim}), got {tuple(vectors.shape)}")
+        extras: list[bytes | None] = [None] * len(segs)
+        if extra is not None:
+            if len(extra) != len(segs):
+                raise ValueError(f"{len(extra)} extra arrays for {len(segs)} segments")
+            extras = [None if e is None else _npy_bytes(np.asarray(e)) for e in extra]
+        st = _stat(path)
+        if st is None:
+            raise VideoDecodeError(path, "missing")
+        digest = content_hash or file_sha256(path)
+
+        with self.catalog.write() as s:
+            record = self._record(s)
+            video = s.scalar(sa.select(Video).where(Video.index_id == self.index_id, Video.path_bytes == raw))
+            old: list[int] = []
+            if video is None:
+                video = Video(index_id=self.index_id, path=display, path_bytes=raw)
+                s.add(video)
+            else:
+                old = _drop_video_vectors(s, video.id)
+            video.size, video.mtime_ns = st
+            video.content_hash = digest
+            video.duration, video.fps = float(info.duration), float(info.fps)
+            video.width, video.height = int(info.width), int(info.height)
+            video.status, video.error, video.updated_at = "indexed", None, utcnow()
+            s.flush()
+            start = int(record.next_vector_id)
+            ids = np.arange(start, start + len(segs), dtype=np.int64)
+            record.next_vector_id = start + len(segs)
+            s.execute(
+                sa.insert(Segment),
+                [
+                    {"video_id": video.id, "start_s": a, "end_s": b, "vector_id": int(i)}
+                    for (a, b), i in zip(segs, ids, strict=True)
+                ],
+            )
+            s.execute(
+                sa.insert(Embedding),
+                [
+                    {"vector_id": int(i), "index_id": self.index_id, "vector": vectors[j].tobytes(), "extra": extras[j]}
+                    for j, i in enumerate(ids)
+                ],
+            )
+            generation = self._bump(record, len(segs), len(old))
+        self._apply(generation, old, (vectors, ids))
+        return ids
+
+    def mark_failed(self, path: str | os.PathLike | bytes, reason: str) -> None:
+        """Record that ``path`` could not be indexed (and drop any vectors it had)."""
+        self._require_writable()
+        path = _abspath(path)
+        raw, display = encode_path(path)
+        st = _stat(path)
+        with self.catalog.write() as s:
+            record = self._record(s)
+            video = s.scalar(sa.select(Video).where(Video.index_id == self.index_id, Video.path_bytes == raw))
+            old: list[int] = []
+            if video is None:
+                video = Video(index_id=self.index_id, path=display, path_bytes=raw)
+                s.add(video)
+            else:
+                old = _drop_video_vectors(s, video.id)
+            video.size, video.mtime_ns = st if st is not None else (None, None)
+            video.content_hash = None
+            video.status, video.error, video.updated_at = "failed", str(reason), utcnow()
+            generation = self._bump(record, 0, len(old)) if old else self._generation
+        if old:
+            self._apply(generation, old)
+
+    def remove_video(self, path: str | os.PathLike | bytes) -> bool:
+        """Forget ``path`` (its row, segments and vectors); False if it was not in the catalog."""
+        return self._remove_paths([encode_path(_abspath(path))[0]]) > 0
+
+    def _remove_paths(self, raws: Sequence[bytes]) -> int:
+        self._require_writable()
+        if not raws:
+            return 0
+        removed_ids: list[int] = []
+        count = 0
+        with self.catalog.write() as s:
+            record = self._record(s)
+            for raw in raws:
+                video = s.scalar(sa.select(Video).where(Video.index_id == self.index_id, Video.path_bytes == raw))
+                if video is None:
+                    continue
+                removed_ids += _drop_video_vectors(s, video.id)
+                s.delete(video)
+                count += 1
+            generation = self._bump(record, 0, len(removed_ids)) if count else self._generation
+        if count:
+            self._apply(generation, removed_ids)
+        return count
+
+    def reindex(self) -> None:
+        """Drop every video and vector of this index (the files are then all new to :meth:`plan`)."""
+        self._require_writable()
+        with self.catalog.write() as s:
+            record = self._record(s)
+            _reset_index(s, record)
+            generation = int(record.generation)
+        self._index = VectorIndex(self.dim, self.factory, device=self.device)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.faiss_path)
+        self._checksum = None
+        self._generation = generation
+        self._dirty = True
+        self.flush()
+
+    def flush(self) -> str | None:
+        """Save the FAISS index atomically and record its checksum in the catalog; returns the checksum."""
+        self._require_writable()
+        if self._suspect:
+            self.check()
+        if not self._dirty and self._checksum is not None and self.faiss_path.exists():
+            return self._checksum
+        checksum = self._index.save(self.faiss_path)
+        # A crash here leaves a file whose checksum the catalog does not know: the next open rebuilds it.
+        with self.catalog.write() as s:
+            record = self._record(s)
+            record.faiss_checksum = checksum
+            record.faiss_generation = self._generation
+        self._checksum = checksum
+        self._dirty = False
+        return checksum
+
+    # ------------------------------------------------------------------ planning
+
+    def plan(
+        self,
+        paths: Iterable[str | os.PathLike | bytes],
+        *,
+        prune: bool = False,
+        retry_failed: bool = False,
+        extensions: Iterable[str] = VIDEO_EXTENSIONS,
+    ) -> Plan:
+        """Decide, for the video files under ``paths``, what indexing has to do.
+
+        * new: not in the catalog;
+        * changed: size changed, or mtime changed and the content hash too (also: ``pending`` rows, and
+          ``failed`` ones with ``retry_failed``);
+        * unchanged: same size and mtime, or only the mtime changed (a writable store then updates the mtime;
+          listed in ``touched`` too). Files that failed and did not change are unchanged (not retried);
+        * deleted: in the catalog under one of ``paths`` but gone from disk; removed from the catalog only
+          with ``prune`` (``plan.pruned``).
+        """
+        roots = [os.fsencode(_abspath(p)) for p in paths]
+        files = list(walk_videos([os.fsdecode(r) for r in roots], extensions, missing_ok=True))
+        with self.catalog.read() as s:
+            rows = {
+                bytes(r.path_bytes): r
+                for r in s.execute(
+                    sa.select(Video.path_bytes, Video.size, Video.mtime_ns, Video.content_hash, Video.status).where(
+                        Video.index_id == self.index_id
+                    )
+                )
+            }
+        plan = Plan()
+        walked: set[bytes] = set()
+        for path in files:
+            raw = os.fsencode(path)
+            walked.add(raw)
+            st = _stat(path)
+            if st is None:
+                continue  # vanished since the walk
+            size, mtime_ns = st
+            row = rows.get(raw)
+            if row is None:
+                plan.new.append(PlanItem(path, "new", size, mtime_ns))
+            elif row.status == "pending":
+                plan.changed.append(PlanItem(path, "changed", size, mtime_ns, reason="pending"))
+            elif row.status == "failed" and retry_failed:
+                plan.changed.append(PlanItem(path, "changed", size, mtime_ns, reason="retry failed"))
+            elif size == row.size and mtime_ns == row.mtime_ns:
+                why = "failed before" if row.status == "failed" else ""
+                plan.unchanged.append(PlanItem(path, "unchanged", size, mtime_ns, row.content_hash, why))
+            elif size != row.size:
+                plan.changed.append(PlanItem(path, "changed", size, mtime_ns, reason="size"))
+            else:
+                try:
+                    digest = file_sha256(path)
+                except OSError:
+                    plan.changed.append(PlanItem(path, "changed", size, mtime_ns, reason="unreadable"))
+                    continue
+                if row.content_hash is not None and digest == row.content_hash:
+                    item = PlanItem(path, "unchanged", size, mtime_ns, digest, "mtime only")
+                    plan.unchanged.append(item)
+                    plan.touched.append(item)
+                else:
+                    plan.changed.append(PlanItem(path, "changed", size, mtime_ns, digest, "content"))
+        sep = os.fsencode(os.sep)
+        prefixes = [r if r.endswith(sep) else r + sep for r in roots]
+        for raw, row in rows.items():
+            if raw in walked:
+                continue
+            under = any(raw == r for r in roots) or any(raw.startswith(p) for p in prefixes)
+            if under and not os.path.lexists(raw):
+                plan.deleted.append(PlanItem(decode_path(raw), "deleted", row.size, row.mtime_ns, row.content_hash))
+        if not self.read_only and plan.touched:
+            with self.catalog.write() as s:
+                for item in plan.touched:
+                    s.execute(
+                        sa.update(Video)
+                        .where(
+                            Video.index_id == self.index_id,
+                            Video.path_bytes == os.fsencode(item.path),
+                            Video.content_hash == item.content_hash,
+                        )
+                        .values(mtime_ns=item.mtime_ns, updated_at=utcnow())
+                    )
+        if prune and plan.deleted:
+            self._remove_paths([os.fsencode(item.path) for item in plan.deleted])
+            plan.pruned = True
+        return plan
+
+    # ------------------------------------------------------------------ reads
+
+    def search(self, query_vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """The ``k`` best segments for each query ([Q, dim] or [dim]; normalised here), best first.
+
+        Only vectors whose catalog rows exist are returned. A read-only store first catches up with what
+        writers committed since it last looked.
+        """
+        queries = normalize(query_vectors)
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"expected queries of width {self.dim}, got {queries.shape[1]}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if self._suspect:
+            self.check()
+        stale_seen: set[int] = set()
+        with self.catalog.read() as s:
+            record = self._record(s)
+            if int(record.generation) != self._generation:
+                if not self.read_only:
+                    log.warning("index %r changed under this writer; reconciling", self.name)
+                self._index, report = self._reconcile(s, self._index, self._catalog_ids(s))
+                if report.changed:
+                    self._dirty = True
+                self._generation = int(record.generation)
+            results: list[list[Hit]] = [[] for _ in range(len(queries))]
+            kk = k
+            while True:
+                scores, ids = self._index.search(queries, kk)
+                wanted = np.unique(ids[ids >= 0])
+                rows = self._segment_rows(s, wanted)
+                stale = [int(i) for i in wanted if int(i) not in rows]
+                stale_seen.update(stale)
+                for qi in range(len(queries)):
+                    hits = []
+                    for score, vid in zip(scores[qi], ids[qi], strict=True):
+                        row = rows.get(int(vid)) if vid >= 0 else None
+                        if row is None:
+                            continue
+                        hits.append(Hit(float(score), int(vid), row[0], row[1], row[2]))
+                        if len(hits) == k:
+                            break
+                    results[qi] = hits
+                short = any(len(h) < k for h in results)
+                if not short or not stale or kk >= self._index.ntotal:
+                    break
+                kk = min(self._index.ntotal, kk * 2 + len(stale))
+        if stale_seen:
+            # In the catalog's snapshot these ids are gone (a writer removed them, or a crash left them in
+            # the FAISS file); ids are never reused, so they can go from this in-memory index for good.
+            self._index.remove_ids(np.fromiter(stale_seen, np.int64))
+            self._dirty = True
+            if not self.read_only:
+                log.warning("index %r: dropped %d stale FAISS vectors", self.name, len(stale_seen))
+        return results
+
+    def _segment_rows(self, s: Session, ids: np.ndarray) -> dict[int, tuple[str, float, float]]:
+        rows: dict[int, tuple[str, float, float]] = {}
+        for chunk in _chunks(ids):
+            stmt = (
+                sa.select(Segment.vector_id, Video.path_bytes, Segment.start_s, Segment.end_s)
+                .join(Video, Segment.video_id == Video.id)
+                .where(Video.index_id == self.index_id, Segment.vector_id.in_(chunk))
+            )
+            for vid, raw, a, b in s.execute(stmt):
+                rows[int(vid)] = (decode_path(raw), float(a), float(b))
+        return rows
+
+    def get_embeddings(self, vector_ids: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """The stored (normalised) vectors ``[N, dim]`` and ``extra`` arrays of ``vector_ids``, in order.
+
+        Raises KeyError for an id this index does not hold.
+        """
+        wanted = [int(i) for i in vector_ids]
+        found: dict[int, tuple[bytes, bytes | None]] = {}
+        with self.catalog.read() as s:
+            for chunk in _chunks(wanted):
+                stmt = sa.select(Embedding.vector_id, Embedding.vector, Embedding.extra).where(
+                    Embedding.index_id == self.index_id, Embedding.vector_id.in_(chunk)
+                )
+                for vid, vec, ext in s.execute(stmt):
+                    found[int(vid)] = (bytes(vec), None if ext is None else bytes(ext))
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            raise KeyError(f"vector ids not in index {self.name!r}: {missing[:10]}")
+        vectors = np.zeros((len(wanted), self.dim), np.float32)
+        extras: list[np.ndarray | None] = []
+        for j, i in enumerate(wanted):
+            vec, ext = found[i]
+            vectors[j] = np.frombuffer(vec, np.float32)
+            extras.append(None if ext is None else _npy_load(ext))
+        return vectors, extras
+
+    def status(self) -> StoreStatus:
+        """Counts from one catalog snapshot, plus the sizes of the database and FAISS files."""
+        with self.catalog.read() as s:
+            record = self._record(s)
+            by_status = dict.fromkeys(("indexed", "failed", "pending"), 0)
+            for st, n in s.execute(
+                sa.select(Video.status, sa.func.count()).where(Video.index_id == self.index_id).group_by(Video.status)
+            ):
+                by_status[st] = int(n)
+            failures = [
+                (p, e or "")
+                for p, e in s.execute(
+                    sa.select(Video.path, Video.error)
+                    .where(Video.index_id == self.index_id, Video.status == "failed")
+                    .order_by(Video.path)
+                )
+            ]
+            segments = s.scalar(
+                sa.select(sa.func.count())
+                .select_from(Segment)
+                .join(Video, Segment.video_id == Video.id)
+                .where(Video.index_id == self.index_id)
+            )
+            vectors = s.scalar(
+                sa.select(sa.func.count()).select_from(Embedding).where(Embedding.index_id == self.index_id)
+            )
+            version = int(s.execute(sa.text("SELECT MAX(version) FROM schema_version")).scalar() or 0)
+            model, weights = record.model_name, record.weights_sha256
+            dim, factory = record.embedding_dim, record.factory
+        try:
+            faiss_bytes: int | None = self.faiss_path.stat().st_size
+        except OSError:
+            faiss_bytes = None
+        return StoreStatus(
+            name=self.name,
+            model_name=model,
+            weights_sha256=weights,
+            embedding_dim=int(dim),
+            factory=factory,
+            videos=by_status,
+            failures=failures,
+            segments=int(segments or 0),
+            vectors=int(vectors or 0),
+            faiss_vectors=self._index.ntotal,
+            db_bytes=self.catalog.size_on_disk(),
+            faiss_bytes=faiss_bytes,
+            schema_version=version,
+        )
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors in the in-memory FAISS index."""
+        return self._index.ntotal
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Flush (writable stores) and release the catalog and the write lock."""
+        try:
+            if not self.read_only and (self._dirty or self._suspect):
+                self.flush()
+        finally:
+            self.catalog.close()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def __enter__(self) -> LibraryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_model(record: IndexRecord, model_name: str | None, weights_sha256: str | None, dim: int | None) -> None:
+    """ConfigError when the caller's model is not the one ``record`` was built with."""
+
+    def short(h: str | None) -> str:
+        return f"{h[:16]}..." if h else "unknown"
+
+    differs = model_name is not None and model_name != record.model_name
+    differs |= (
+        weights_sha256 is not None
+        and record.weights_sha256 is not None
+        and weights_sha256.lower() != record.weights_sha256.lower()
+    )
+    differs |= dim is not None and int(dim) != int(record.embedding_dim)
+    if differs:
+        raise ConfigError(
+            f"index {record.name!r} was built with model {record.model_name!r} (weights sha256 "
+            f"{short(record.weights_sha256)}, {record.embedding_dim}-d) but this run uses model "
+            f"{model_name or record.model_name!r} (weights sha256 {short(weights_sha256)}"
+            f"{f', {dim}-d' if dim is not None else ''}): embeddings of different models cannot be mixed. "
+            "Re-run with --reindex to rebuild the index with the new model, or use another index name"
+        )
+
+
+def _reset_index(s: Session, record: IndexRecord) -> None:
+    """Delete every video, segment and embedding of ``record`` (ids are not reused afterwards)."""
+    video_ids = sa.select(Video.id).where(Video.index_id == record.id)
+    s.execute(sa.delete(Segment).where(Segment.video_id.in_(video_ids)))
+    s.execute(sa.delete(Embedding).where(Embedding.index_id == record.id))
+    s.execute(sa.delete(Video).where(Video.index_id == record.id))
+    record.vector_count = 0
+    record.generation = int(record.generation) + 1
+    record.faiss_checksum = None
+    record.faiss_generation = None
+    record.updated_at = utcnow()
+
+
+# --------------------------------------------------------------------------- whole-home helpers
+
+
+def _catalog_exists(home: Path, db_url: str | None) -> bool:
+    return db_url is not None or (home / CATALOG_FILE).exists()
+
+
+def list_indexes(home: str | os.PathLike | None = None, db_url: str | None = None) -> list[IndexSummary]:
+    """The indexes in ``home``'s catalog (empty when there is none yet), by name."""
+    home_path = data_home(home, create=False)
+    if not _catalog_exists(home_path, db_url):
+        return []
+    with Catalog.open(home_path, db_url) as catalog, catalog.read() as s:
+        counts = {i: n for i, n in s.execute(sa.select(Video.index_id, sa.func.count()).group_by(Video.index_id))}
+        return [
+            IndexSummary(
+                name=r.name,
+                model_name=r.model_name,
+                weights_sha256=r.weights_sha256,
+                embedding_dim=int(r.embedding_dim),
+                factory=r.factory,
+                vector_count=int(r.vector_count),
+                videos=int(counts.get(r.id, 0)),
+                created_at=r.created_at,
+                updated_at=r.updated_at,
+            )
+            for r in s.scalars(sa.select(IndexRecord).order_by(IndexRecord.name))
+        ]
+
+
+def remove_index(
+    home: str | os.PathLike | None = None, name: str = "default", db_url: str | None = None, lock_timeout_s: float = 0.0
+) -> bool:
+    """Delete the index ``name`` (catalog rows and FAISS file); False if there was no such index."""
+    _check_name(name)
+    home_path = data_home(home, create=False)
+    if not _catalog_exists(home_path, db_url):
+        return False
+    lock = _FileLock(_lock_path(home_path, name), lock_timeout_s, f"index {name!r}")
+    try:
+        with Catalog.open(home_path, db_url) as catalog:
+            with catalog.write() as s:
+                record = s.scalar(sa.select(IndexRecord).where(IndexRecord.name == name))
+                if record is not None:
+                    _reset_index(s, record)
+                    s.delete(record)
+            # The catalog commit is what counts; a FAISS file left behind by a crash here is never trusted
+            # (a later index of that name has no checksum recorded for it, so it is rebuilt).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_faiss_path(home_path, name))
+            return record is not None
+    finally:
+        lock.release()  # the lock file stays: unlinking it would let two processes hold "the" lock

@@ -1,0 +1,332 @@
+"""The index/search service: ``Library(home).index(paths)`` and ``.search(text, k)``; the CLI is a thin layer.
+
+Per video (or per window of a long video) vtr stores the official dual-encoder embedding and the
+per-frame features; re-ranking re-encodes the few candidate clips with the ITM head at query time.
+
+The stored vector is ``[m, sqrt(1 - |m|^2)]`` with ``m`` the mean of the L2-normalised per-frame
+features, and a text query is ``[q, 0]`` with ``q`` its normalised feature: both are unit vectors and their
+inner product is ``q . m``, exactly the official score (mean over frames of per-frame cosine), so FAISS's
+cosine search ranks like the paper's dual encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from vtr.data.decode import probe_video, read_frames
+from vtr.data.sampling import segment_windows
+from vtr.data.transforms import eval_transform
+from vtr.errors import ConfigError, VideoDecodeError
+from vtr.evaluation.evaluator import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def index_vectors(frame_embeds: torch.Tensor) -> np.ndarray:
+    """[S, T, D] projected per-frame features -> [S, D + 1] unit vectors whose inner product with
+    :func:`query_vectors` is the official frame-mean cosine."""
+    m = torch.nn.functional.normalize(frame_embeds.float(), dim=-1).mean(1)
+    rest = (1.0 - m.pow(2).sum(-1, keepdim=True)).clamp(min=0.0).sqrt()
+    return torch.cat([m, rest], dim=-1).cpu().numpy()
+
+
+def query_vectors(text_embeds: torch.Tensor) -> np.ndarray:
+    """[Q, D] text features -> [Q, D + 1] unit queries (a zero in the extra dimension)."""
+    q = torch.nn.functional.normalize(text_embeds.float(), dim=-1)
+    return torch.cat([q, torch.zeros_like(q[:, :1])], dim=-1).cpu().numpy()
+
+
+@dataclass
+class IndexReport:
+    """What ``Library.index`` did."""
+
+    indexed: int = 0
+    segments: int = 0
+    unchanged: int = 0
+    touched: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    pruned: int = 0
+    wall_s: float = 0.0
+    videos_per_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SearchHit:
+    rank: int
+    score: float
+    path: str
+    start_s: float
+    end_s: float
+    dual_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _VideoItems(Dataset):
+    """One item per video: probe, cut into windows, decode each window's middle frames (workers)."""
+
+    def __init__(self, paths: Sequence[str], frames: int, size: int, segment: float | None, stride: float | None):
+        self.paths, self.frames, self.size, self.segment, self.stride = list(paths), frames, size, segment, stride
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        path = self.paths[i]
+        try:
+            info = probe_video(path)
+            if self.segment and info.duration > self.segment:
+                windows = segment_windows(info.duration, self.segment, self.stride or self.segment)
+            else:
+                windows = [(0.0, float(info.duration))]
+            clips = [eval_transform(read_frames(path, self.frames, "middle",
+                                                window=None if len(windows) == 1 else w).frames, self.size)
+                     for w in windows]
+            return {"i": i, "info": info, "windows": windows, "video": torch.stack(clips).half()}
+        except VideoDecodeError as err:
+            return {"i": i, "error": err.reason, "message": str(err)}
+
+
+class Library:
+    """A searchable video library in a data home: one named index, one model.
+
+    >>> lib = Library(home="~/.vtr", model="my-model")        # doctest: +SKIP
+    >>> lib.index(["./videos"]); lib.search("person chopping onions", k=5)
+    """
+
+    def __init__(self, home: str | os.PathLike | None = None, index: str = "default",
+                 model: str | os.PathLike | None = None, device: str = "auto", db_url: str | None = None,
+                 factory: str | None = None) -> None:
+        self.home, self.index_name, self.model_ref = home, index, model
+        self.device = resolve_device(device)
+        self.db_url, self.factory = db_url, factory
+        self._model = None
+
+    # ------------------------------------------------------------------ model
+
+    def _adopt_index_model(self) -> None:
+        """With no model given, use the one the index was built with."""
+        if self.model_ref is None:
+            with self._open_store(read_only=True, write=False) as store:
+                self.model_ref = store.status().model_name
+
+    @property
+    def model(self):
+        if self._model is None:
+            from vtr.model.registry import create_model
+
+            model = create_model(self.model_ref, home=self.home)
+            if not getattr(model, "weights_sha256", None):
+                raise ConfigError(f"model {self.model_ref!r} has no trained weights (a bare architecture): pass "
+                                  "--model with a model directory or an installed model (vtr models list)")
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+            self._model = model.to(self.device, dtype).eval()
+        return self._model
+
+    def _model_identity(self) -> tuple[str, str | None]:
+        """(name, weights sha256) of the model as the index records it, without loading the weights."""
+        from vtr.model.registry import read_meta, resolve_model_path
+
+        path = resolve_model_path(self.model_ref, self.home)
+        if path is None:
+            raise ConfigError("no model: pass --model NAME|DIR, or set a default with `vtr models default NAME`")
+        meta = read_meta(path)
+        return str(self.model_ref or path.name), meta.get("weights_sha256")
+
+    def _open_store(self, read_only: bool, reindex: bool = False, write: bool = True):
+        from vtr.index.store import LibraryStore
+
+        kw: dict[str, Any] = {}
+        if write:
+            name, sha = self._model_identity()
+            kw = {"model_name": name, "weights_sha256": sha, "dim": self.model.cfg.embed_dim + 1,
+                  "factory": self.factory}
+        return LibraryStore.open(self.home, self.index_name, db_url=self.db_url, read_only=read_only,
+                                 reindex=reindex, device=self.device.type, **kw)
+
+    @torch.no_grad()
+    def _encode_clips(self, video: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        dtype = next(model.parameters()).dtype
+        return model.encode_video(video.to(self.device, dtype, non_blocking=True)).embeds
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        tok = self.model.tokenize(list(texts))
+        return self.model.encode_text(tok["input_ids"], tok["attention_mask"]).embeds
+
+    # ------------------------------------------------------------------ indexing
+
+    def index(
+        self,
+        paths: Iterable[str | os.PathLike],
+        segment: float | None = None,
+        stride: float | None = None,
+        frames: int | None = None,
+        workers: int = 2,
+        batch_size: int = 16,
+        prune: bool = False,
+        reindex: bool = False,
+        retry_failed: bool = False,
+        flush_every: int = 64,
+        progress: bool = True,
+        on_video: Callable[[str], None] | None = None,
+    ) -> IndexReport:
+        """Index the videos under ``paths`` (incremental: unchanged files are skipped; resumable after a crash).
+
+        ``segment``/``stride`` (seconds): cut videos longer than ``segment`` into windows, one vector each.
+        Bad files are recorded with their reason and skipped. The catalog commits each video atomically.
+        """
+        t0 = time.perf_counter()
+        report = IndexReport()
+        model = self.model
+        frames = frames or model.cfg.num_frames
+        with self._open_store(read_only=False, reindex=reindex) as store:
+            if reindex:
+                store.reindex()
+            plan = store.plan([os.fspath(p) for p in paths], prune=prune, retry_failed=retry_failed)
+            report.unchanged, report.touched = len(plan.unchanged), len(plan.touched)
+            report.pruned = len(plan.deleted) if plan.pruned else 0
+            todo = plan.to_index
+            items = _VideoItems([p.path for p in todo], frames, model.cfg.img_size, segment, stride)
+            loader = DataLoader(items, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
+                                prefetch_factor=4 if workers else None)
+            pending: list[dict[str, Any]] = []  # decoded videos waiting for a full encoder batch
+            done_since_flush = 0
+
+            def encode_pending() -> None:
+                nonlocal done_since_flush
+                if not pending:
+                    return
+                clips = torch.cat([p["video"] for p in pending])
+                embeds = torch.cat([self._encode_clips(clips[i:i + batch_size])
+                                    for i in range(0, len(clips), batch_size)]).float().cpu()
+                start = 0
+                for p in pending:
+                    n = len(p["windows"])
+                    e = embeds[start:start + n]
+                    start += n
+                    item = todo[p["i"]]
+                    store.add_video(p["info"], p["windows"], index_vectors(e), extra=list(e.numpy()),
+                                    content_hash=item.content_hash)
+                    report.indexed += 1
+                    report.segments += n
+                    done_since_flush += 1
+                    if on_video:
+                        on_video(item.path)
+                pending.clear()
+                if done_since_flush >= flush_every:
+                    store.flush()
+                    done_since_flush = 0
+
+            bar = tqdm(total=len(todo), desc="index", unit="video", file=sys.stderr, disable=not progress)
+            try:
+                for item in loader:
+                    if "error" in item:
+                        path = todo[item["i"]].path
+                        store.mark_failed(path, item["error"])
+                        report.failed.append({"path": path, "reason": item["error"], "error": item["message"]})
+                    else:
+                        pending.append(item)
+                        if sum(len(p["windows"]) for p in pending) >= batch_size:
+                            encode_pending()
+                    bar.update(1)
+                encode_pending()
+            finally:
+                bar.close()
+                store.flush()
+        report.wall_s = round(time.perf_counter() - t0, 3)
+        report.videos_per_s = round(report.indexed / report.wall_s, 3) if report.wall_s else 0.0
+        return report
+
+    # ------------------------------------------------------------------ search
+
+    def search(self, queries: str | Sequence[str], k: int = 10, rerank: bool = False,
+               rerank_candidates: int = 16) -> list[list[SearchHit]]:
+        """Text-to-video search; ``rerank`` re-scores the top candidates with the ITM head (slower)."""
+        self._adopt_index_model()
+        texts = [queries] if isinstance(queries, str) else list(queries)
+        text_embeds = self.encode_text(texts)
+        results = self._search_vectors(query_vectors(text_embeds), max(k, rerank_candidates) if rerank else k)
+        if rerank:
+            results = [self._rerank(t, hits)[:k] for t, hits in zip(texts, results, strict=True)]
+        return results
+
+    def search_video(self, path: str | os.PathLike, k: int = 10) -> list[SearchHit]:
+        """Video-to-video search: the query clip's mean frame feature against the library."""
+        self._adopt_index_model()
+        frames = self.model.cfg.num_frames
+        clip = eval_transform(read_frames(os.fspath(path), frames, "middle").frames, self.model.cfg.img_size)
+        m = torch.nn.functional.normalize(self._encode_clips(clip[None]).float(), dim=-1).mean(1)
+        q = torch.cat([torch.nn.functional.normalize(m, dim=-1), torch.zeros_like(m[:, :1])], dim=-1)
+        return self._search_vectors(q.cpu().numpy(), k)[0]
+
+    def _search_vectors(self, q: np.ndarray, k: int) -> list[list[SearchHit]]:
+        with self._open_store(read_only=True) as store:
+            hits = store.search(q, k)
+        return [[SearchHit(r + 1, h.score, h.video_path, h.start_s, h.end_s) for r, h in enumerate(row)]
+                for row in hits]
+
+    @torch.no_grad()
+    def _rerank(self, text: str, hits: list[SearchHit]) -> list[SearchHit]:
+        if not hits:
+            return hits
+        model = self.model
+        dtype = next(model.parameters()).dtype
+        tok = model.tokenize([text])
+        states = model.encode_text(tok["input_ids"], tok["attention_mask"]).states
+        scored = []
+        for hit in hits:
+            try:
+                window = (hit.start_s, hit.end_s)
+                clip = read_frames(hit.path, model.cfg.num_frames, "middle", window=window)
+            except VideoDecodeError:
+                continue  # the file changed or vanished since indexing: drop it
+            video = eval_transform(clip.frames, model.cfg.img_size)[None].to(self.device, dtype)
+            tokens = model.encode_video(video).tokens
+            logit = model.itm_logits(tokens, states, tok["attention_mask"])[0, 1].float().item()
+            scored.append(SearchHit(0, logit, hit.path, hit.start_s, hit.end_s, dual_score=hit.score))
+        scored.sort(key=lambda h: -h.score)
+        for r, h in enumerate(scored):
+            h.rank = r + 1
+        return scored
+
+    # ------------------------------------------------------------------ management
+
+    def status(self) -> dict[str, Any]:
+        with self._open_store(read_only=True, write=False) as store:
+            return asdict(store.status())
+
+
+def list_libraries(home=None, db_url: str | None = None) -> list[dict[str, Any]]:
+    from vtr.index.store import list_indexes
+
+    return [asdict(s) for s in list_indexes(home, db_url=db_url)]
+
+
+def remove_library(home=None, name: str = "default", db_url: str | None = None) -> bool:
+    from vtr.index.store import remove_index
+
+    return remove_index(home, name, db_url=db_url)
+
+
+def read_queries(path: str | os.PathLike) -> list[str]:
+    """Queries from a text file, one per line (blank lines and #-comments skipped)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [q.strip() for q in lines if q.strip() and not q.lstrip().startswith("#")]
