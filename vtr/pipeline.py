@@ -3,10 +3,11 @@
 Per video (or per window of a long video) vtr stores the official dual-encoder embedding and the
 per-frame features; re-ranking re-encodes the few candidate clips with the ITM head at query time.
 
-The stored vector is ``[m, sqrt(1 - |m|^2)]`` with ``m`` the mean of the L2-normalised per-frame
-features, and a text query is ``[q, 0]`` with ``q`` its normalised feature: both are unit vectors and their
-inner product is ``q . m``, exactly the official score (mean over frames of per-frame cosine), so FAISS's
-cosine search ranks like the paper's dual encoder.
+The stored vector is ``[m, sqrt(1 - |m|^2), 0...]`` with ``m`` the mean of the L2-normalised per-frame
+features, and a text query is ``[q, 0, 0...]`` with ``q`` its normalised feature: both are unit vectors and
+their inner product is ``q . m``, exactly the official score (mean over frames of per-frame cosine), so
+FAISS's cosine search ranks like the paper's dual encoder. The padding (:data:`EXTRA_DIMS` = 64, so 512-d
+features give 576-d vectors) keeps the width divisible by the usual PQ sizes (``PQ8/16/32/48/64/96``).
 """
 
 from __future__ import annotations
@@ -33,19 +34,22 @@ from vtr.evaluation.evaluator import resolve_device
 
 log = logging.getLogger(__name__)
 
+EXTRA_DIMS = 64
+
 
 def index_vectors(frame_embeds: torch.Tensor) -> np.ndarray:
     """[S, T, D] projected per-frame features -> [S, D + 1] unit vectors whose inner product with
     :func:`query_vectors` is the official frame-mean cosine."""
     m = torch.nn.functional.normalize(frame_embeds.float(), dim=-1).mean(1)
     rest = (1.0 - m.pow(2).sum(-1, keepdim=True)).clamp(min=0.0).sqrt()
-    return torch.cat([m, rest], dim=-1).cpu().numpy()
+    pad = torch.zeros(m.shape[0], EXTRA_DIMS - 1, dtype=m.dtype, device=m.device)
+    return torch.cat([m, rest, pad], dim=-1).cpu().numpy()
 
 
 def query_vectors(text_embeds: torch.Tensor) -> np.ndarray:
     """[Q, D] text features -> [Q, D + 1] unit queries (a zero in the extra dimension)."""
     q = torch.nn.functional.normalize(text_embeds.float(), dim=-1)
-    return torch.cat([q, torch.zeros_like(q[:, :1])], dim=-1).cpu().numpy()
+    return torch.cat([q, q.new_zeros(q.shape[0], EXTRA_DIMS)], dim=-1).cpu().numpy()
 
 
 @dataclass
@@ -155,7 +159,7 @@ class Library:
         kw: dict[str, Any] = {}
         if write:
             name, sha = self._model_identity()
-            kw = {"model_name": name, "weights_sha256": sha, "dim": self.model.cfg.embed_dim + 1,
+            kw = {"model_name": name, "weights_sha256": sha, "dim": self.model.cfg.embed_dim + EXTRA_DIMS,
                   "factory": self.factory}
         return LibraryStore.open(self.home, self.index_name, db_url=self.db_url, read_only=read_only,
                                  reindex=reindex, device=self.device.type, **kw)
@@ -274,8 +278,7 @@ class Library:
         frames = self.model.cfg.num_frames
         clip = eval_transform(read_frames(os.fspath(path), frames, "middle").frames, self.model.cfg.img_size)
         m = torch.nn.functional.normalize(self._encode_clips(clip[None]).float(), dim=-1).mean(1)
-        q = torch.cat([torch.nn.functional.normalize(m, dim=-1), torch.zeros_like(m[:, :1])], dim=-1)
-        return self._search_vectors(q.cpu().numpy(), k)[0]
+        return self._search_vectors(query_vectors(m), k)[0]
 
     def _search_vectors(self, q: np.ndarray, k: int) -> list[list[SearchHit]]:
         with self._open_store(read_only=True) as store:
