@@ -103,14 +103,18 @@ def synth(
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for the demo.")] = Path("demo_out"),
-    videos: Annotated[int, typer.Option("--videos", "-n", min=10, help="Clips in the demo world.")] = 120,
+    videos: Annotated[int, typer.Option("--videos", "-n", min=10, help="Clips in the demo world.")] = 1200,
     seed: int = 0,
+    retrain: Annotated[bool, typer.Option(help="Train the demo model again even if one exists.")] = False,
     home: HomeOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Run the main job end to end on a synthetic library (grows with each vtr component)."""
+    """Synthesise a video library, train (or reuse) a small model, index it, search it, evaluate it."""
     from vtr.demo import run_demo
 
-    run_demo(out_dir, videos=videos, seed=seed, home=home, console=err)
+    summary = run_demo(out_dir, videos=videos, seed=seed, home=home, console=err, retrain=retrain)
+    if as_json:
+        emit_json(summary)
 
 
 @app.command("eval")
