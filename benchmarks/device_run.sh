@@ -21,3 +21,13 @@ fi
 if [[ $what == encoder || $what == all ]]; then
   python3 benchmarks/encoder_speed.py --out "$OUT" "$@" 2>&1 | tee "$OUT/encoder_bench.log"
 fi
+if [[ $what == index || $what == search ]]; then
+  # Extra wheels the device image lacks (PyAV, faiss-cpu, SQLAlchemy, ...) travel in .devwhl/.
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/vtr_site .devwhl/*.whl || exit 1
+fi
+if [[ $what == index ]]; then
+  python3 benchmarks/index_speed.py --out "$OUT" "$@" 2>&1 | tee "$OUT/index_bench.log"
+fi
+if [[ $what == search ]]; then
+  python3 benchmarks/search_speed.py --gpu --out "$OUT" "$@" 2>&1 | tee "$OUT/search_bench.log"
+fi
