@@ -46,10 +46,11 @@ from vtr.index.catalog import (
     utcnow,
 )
 from vtr.index.files import VIDEO_EXTENSIONS, walk_videos
-from vtr.index.vector_index import IndexCorruptError, VectorIndex, file_sha256, normalize
+from vtr.index.vector_index import IndexCorruptError, VectorIndex, normalize
 
 from vtr.data.decode import VideoInfo
 from vtr.errors import ConfigError, VideoDecodeError, VtrError
+from vtr.hashing import sha256_file as file_sha256
 from vtr.home import data_home
 
 log = logging.getLogger(__name__)

@@ -162,14 +162,6 @@ def _fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def file_sha256(path: str | os.PathLike | bytes, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class VectorIndex:
     """Inner-product search over L2-normalised float32 vectors with int64 ids.
 

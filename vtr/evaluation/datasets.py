@@ -31,7 +31,6 @@ discovery always raises.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 
 from vtr.data.datasets import build_retrieval_pairs, load_annotations, validate_annotations
 from vtr.errors import ConfigError
+from vtr.hashing import sha256_file
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ogv",
@@ -211,14 +211,6 @@ class EvalDataset:
 
 
 # ----------------------------------------------------------------------------------------------- files
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _join(root: Path, rel: str) -> Path:

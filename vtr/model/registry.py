@@ -8,7 +8,6 @@ architecture name, a model directory, or the name of a model imported into the d
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from vtr.errors import CheckpointError, ConfigError
+from vtr.hashing import sha256_file
 from vtr.home import data_home
 from vtr.model.retrieval import MODEL_CONFIGS, RetrievalConfig, RetrievalModel, build_model, config_for, list_models
 
@@ -28,14 +28,6 @@ CONFIG_FILE, WEIGHTS_FILE, META_FILE = "config.json", "model.safetensors", "meta
 REGISTRY_FILE = "models.json"
 HEAD_KEYS = ("vision_proj.weight", "vision_proj.bias", "text_proj.weight", "text_proj.bias", "temp",
              "itm_head.weight", "itm_head.bias")
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- model directories
