@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on a CUDA machine from the repo root, with a vtr wheel in .whl/ (built by `make wheel`):
-#   bash benchmarks/device_run.sh [tests] [encoder ARGS...]
+#   bash benchmarks/device_run.sh [all|tests|encoder|scan] [ARGS...]   (ARGS go to the benchmark script)
 # Installs the wheel (no deps: torch/transformers/einops come from the machine), runs the GPU tests and
 # the encoder benchmark; logs and JSON results go to $OUT (default benchmarks/results).
 set -uo pipefail
@@ -16,7 +16,12 @@ if [[ $what == tests || $what == all ]]; then
   # vtr/ (which lacks the mapped encoders/) would shadow the installed wheel.
   repo=$PWD
   (cd /tmp && python3 -m pytest -q -p no:cacheprovider --noconftest --rootdir="$repo" -o addopts="" \
-    "$repo/tests/test_selective_scan.py" "$repo/tests/test_videomamba.py" 2>&1) | tee "$OUT/gpu_tests.log" | tail -15
+    "$repo/tests/test_selective_scan.py" "$repo/tests/test_videomamba.py" "$repo/tests/test_triton_scan.py" 2>&1) \
+    | tee "$OUT/gpu_tests.log" | tail -25
+fi
+if [[ $what == scan || $what == all ]]; then
+  # fused Triton scan vs chunked vs the HBM floor (+ torch.profiler of encoder steps with --profile)
+  python3 benchmarks/scan_speed.py --out "$OUT" "$@" 2>&1 | tee "$OUT/scan_bench.log"
 fi
 if [[ $what == encoder || $what == all ]]; then
   python3 benchmarks/encoder_speed.py --out "$OUT" "$@" 2>&1 | tee "$OUT/encoder_bench.log"

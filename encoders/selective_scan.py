@@ -16,7 +16,9 @@ Backends (``VTR_SCAN_BACKEND`` or ``backend=`` picks one, otherwise the best for
   O(B * chunk * E * N), never O(B * L * E * N). This is the template for a fused kernel.
 - ``mamba_ssm``: the CUDA kernels of mamba_ssm / causal_conv1d, when importable, on CUDA tensors.
 
-More backends (a Triton kernel) plug in through :func:`register_backend`.
+- ``triton``: fused Triton kernels (``triton_scan.py``), registered when triton imports; CUDA only.
+
+More backends plug in through :func:`register_backend`.
 """
 
 from __future__ import annotations
@@ -421,6 +423,13 @@ def register_backend(
 register_backend("reference", selective_scan_reference, lambda device: True)
 register_backend("chunked", selective_scan_chunked, lambda device: True)
 register_backend("mamba_ssm", _mamba_scan, _mamba_available, _mamba_conv)
+
+try:  # the fused Triton kernels (encoders/triton_scan.py): CUDA only, registered when triton imports
+    from vtr.encoders.triton_scan import register as _register_triton
+
+    _register_triton()
+except Exception:  # pragma: no cover - no triton, or a broken install: keep the PyTorch backends
+    pass
 
 
 def available_backends(device: torch.device | str) -> list[str]:

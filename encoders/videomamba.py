@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from vtr.encoders.selective_scan import causal_conv1d, selective_scan
+from vtr.encoders.selective_scan import causal_conv1d, resolve_backend, selective_scan
 
 from vtr.errors import ConfigError
 
@@ -148,27 +148,40 @@ class BiMambaMixer(nn.Module):
             with torch.no_grad():
                 proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _direction(self, x: torch.Tensor, z: torch.Tensor, suffix: str, reverse: bool) -> torch.Tensor:
-        conv: nn.Conv1d = getattr(self, f"conv1d{suffix}")
+    def _ssm_inputs(self, u: torch.Tensor, suffix: str) -> tuple:
+        """(u, delta, A, B, C, D, delta_bias) of one direction from its conv output u [B, E, L]."""
         x_proj: nn.Linear = getattr(self, f"x_proj{suffix}")
         dt_proj: nn.Linear = getattr(self, f"dt_proj{suffix}")
         a_log: torch.Tensor = getattr(self, f"A{suffix}_log")
         d_skip: torch.Tensor = getattr(self, f"D{suffix}")
-        u = causal_conv1d(x, conv.weight, conv.bias, activation="silu", reverse=reverse,
-                          backend=self.scan_backend)
         x_dbl = x_proj(u.transpose(1, 2))  # [B, L, R + 2N]
         dt, b_mat, c_mat = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # [B, E, L]; the bias goes into the scan
+        return (u, delta, -torch.exp(a_log.float()), b_mat.transpose(1, 2), c_mat.transpose(1, 2),
+                d_skip.float(), dt_proj.bias.float())
+
+    def _direction(self, x: torch.Tensor, z: torch.Tensor, suffix: str, reverse: bool) -> torch.Tensor:
+        conv: nn.Conv1d = getattr(self, f"conv1d{suffix}")
+        u = causal_conv1d(x, conv.weight, conv.bias, activation="silu", reverse=reverse,
+                          backend=self.scan_backend)
+        u, delta, a, b_mat, c_mat, d_skip, bias = self._ssm_inputs(u, suffix)
         return selective_scan(
-            u, delta, -torch.exp(a_log.float()), b_mat.transpose(1, 2), c_mat.transpose(1, 2),
-            D=d_skip.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
+            u, delta, a, b_mat, c_mat, D=d_skip, z=z, delta_bias=bias, delta_softplus=True,
             reverse=reverse, backend=self.scan_backend,
         )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: [B, L, d] -> [B, L, d]."""
         x, z = self.in_proj(h).transpose(1, 2).chunk(2, dim=1)  # each [B, E, L]
-        y = self._direction(x, z, "", reverse=False) + self._direction(x, z, "_b", reverse=True)
+        if resolve_backend(self.scan_backend, h.device) == "triton":
+            # fused: both convs from one read of x, then both scans, gate and sum in one kernel
+            from vtr.encoders.triton_scan import bidirectional_causal_conv1d, bidirectional_selective_scan
+
+            u_f, u_b = bidirectional_causal_conv1d(x, self.conv1d.weight, self.conv1d.bias,
+                                                   self.conv1d_b.weight, self.conv1d_b.bias)
+            y = bidirectional_selective_scan(*self._ssm_inputs(u_f, ""), *self._ssm_inputs(u_b, "_b"), z)
+        else:
+            y = self._direction(x, z, "", reverse=False) + self._direction(x, z, "_b", reverse=True)
         return self.out_proj(y.transpose(1, 2))
 
 

@@ -1,0 +1,945 @@
+"""Fused selective scan (forward and backward) and causal depthwise conv in Triton, one or both directions.
+
+Same math as :func:`vtr.encoders.selective_scan.selective_scan_reference`:
+
+    dt  = softplus(delta + delta_bias);  s_t = exp(dt_t * A) * s_{t-1} + dt_t * B_t * u_t;  y_t = C_t . s_t + D * u_t
+
+gated by silu(z). :func:`bidirectional_selective_scan` runs a forward-order and a reverse-order scan (VideoMamba's
+two directions, each with its own u, delta, A, B, C, D, bias) in one launch and returns
+``(y_f + y_b) * silu(z)``; :func:`selective_scan_triton` is the single-direction backend function.
+
+Kernel design (forward, ``_scan_fwd_kernel``):
+
+- grid (batch, E / (ES * EL), directions). A program owns a block of channels of one direction for the whole
+  sequence, all N states of them in registers (an ``[ES, N, EL]`` float32 tile), and walks the sequence in
+  chunks of ``T`` steps. Tiles are 4-D ``[T, ES, N, EL]``: Triton's default layout puts the lanes on EL (the
+  channels, contiguous in memory for the mixer's token-major tensors, (B, L, E) memory seen as (B, E, L)) and
+  T, ES and N in each thread, so the recurrence over a chunk (``tl.associative_scan`` on axis 0) and the sum
+  over N are per-thread register arithmetic, no shuffles; with EL = 16 the N states are split over two lanes
+  (twice the warps, used automatically when a 32-lane split leaves the GPU short of warps). The next chunk's
+  inputs are loaded while the current one computes. Nothing B x E x L x N wide is ever written.
+- reverse order is index arithmetic (scan step i at position Lp-1-i); no flipped copies.
+- the fused bidirectional call runs both directions in one launch (programs of both directions side by side,
+  for parallelism) and writes the gated sum once, through an arrival protocol per group of ``SEG`` steps: the
+  direction that reaches a group first parks its raw output (before the gate) in the output buffer; the second
+  waits for that group to be complete (one atomic flag per group), adds its own, gates with silu(z) and writes
+  the final value. Thus y makes one extra round trip - the least possible, since the two directions finish at
+  opposite ends - and deadlock is impossible (a waiter only waits for a program that is already running).
+- when a gradient is needed it also stores the state entering every ``SEG``-step segment and the raw sum S
+  (for dz).
+
+Backward (``_scan_bwd_kernel``): grid (batch, E-blocks, directions). Per segment, last to first: (A) recompute
+the states from the stored segment carry, putting the state entering each T-chunk into a small per-program
+scratch (it stays in L2); (B) for each chunk, last to first: recompute the chunk's states from its entering
+state, run the adjoint recurrence h_t = a_{t+1} h_{t+1} + C_t gy_t backwards (on the tile flipped in
+registers, which is free, unlike a reverse ``associative_scan`` which shuffles every element), and form all
+gradients. a_t s_{t-1} is taken as s_t - b_t, so no shifted copy of the states is needed. dB and dC (sums over
+channels, across lanes: the costly part) and dA, dD, d_bias (sums over batch and time) are accumulated with
+relaxed float32 atomics, dB and dC into ``BWD_NPART`` partial buffers to spread same-address traffic.
+
+Why stored segment carries rather than a recompute from the start: they cost N*4/SEG bytes per (step,
+channel) - with SEG=64 half of what saving one more bf16 activation would - and let the backward do one
+recompute pass per element instead of two (the exponentials and the instruction issue bound the kernels).
+
+Measured (H100, batch 32, bf16, benchmarks/results/scan_speed_h100.json): forward 3.3-4.6x the HBM floor at
+VideoMamba-S/M shapes and 4.6-6.5x at Ti (the floor counts only the bytes; the kernel is bound by instruction
+issue, about 12 instructions and one MUFU exp per (step, channel, state)), 27-61x faster than ``chunked``;
+forward + backward 14-15x the floor, 13-19x faster than ``chunked``.
+
+Everything runs on CUDA tensors; with ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (slowly) for
+tests. Importing this module never fails: without triton :data:`HAS_TRITON` is False and nothing registers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # pragma: no cover - depends on the machine
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except Exception:  # ImportError, or a broken install
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+LOG2E = 1.4426950408889634
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Tile shapes: T steps per chunk, ES x EL channels per program (EL on lanes, warps = EL // 32; EL < 32 splits the
+# N states over 32 / EL lanes). Measured on an H100/H200 at VideoMamba shapes (benchmarks/scan_speed.py --sweep).
+FWD_T, FWD_ES, FWD_EL = 4, 1, 32
+FWD_EL_AUTO, FWD_MIN_WARPS = True, 1024  # fewer than this many 32-lane warps: use 16 lanes per channel block
+FWD_MAXNREG: int | None = None
+BWD_T, BWD_ES, BWD_EL = 2, 2, 16
+BWD_MAXNREG: int | None = None
+BWD_NPART = 4  # dB, dC accumulate into this many partial buffers (fewer programs hitting one address)
+SEG = 64  # steps between stored states (multiple of FWD_T and BWD_T)
+CONV_BL, CONV_BE = 32, 128  # H100 sweep: 2.5 / 2.2x the copy floor at Ti / M shapes (32 x 64: 3.5 / 2.8x)
+CONV_BWD_BL, CONV_BWD_BE = 16, 64
+
+# Test hook: when set (e.g. to NaN), every buffer the kernels must fully overwrite is pre-filled with it.
+_FILL: float | None = None
+
+
+def triton_available(device: torch.device | str) -> bool:
+    """True where the Triton kernels can run: CUDA tensors (or any tensor under the Triton interpreter)."""
+    device = torch.device(device)
+    return HAS_TRITON and (device.type == "cuda" or (INTERPRET and device.type == "cpu"))
+
+
+def _new(batch: int, channels: int, length: int, dtype: torch.dtype, device, token_major: bool) -> torch.Tensor:
+    """A (batch, channels, length) buffer, laid out (B, L, E) in memory when ``token_major``."""
+    if token_major:
+        t = torch.empty(batch, length, channels, dtype=dtype, device=device).transpose(1, 2)
+    else:
+        t = torch.empty(batch, channels, length, dtype=dtype, device=device)
+    if _FILL is not None:
+        t.fill_(_FILL)
+    return t
+
+
+def _token_major(x: torch.Tensor) -> bool:
+    return x.stride(1) == 1 and x.shape[2] > 1
+
+
+def _strides(x: torch.Tensor | None) -> tuple[int, int, int]:
+    return (0, 0, 0) if x is None else tuple(x.stride())
+
+
+if HAS_TRITON:
+    _LOG2E = tl.constexpr(LOG2E)
+
+    @triton.jit
+    def _ex2(x, FAST: tl.constexpr):
+        if FAST:
+            return tl.inline_asm_elementwise(
+                "ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+            )
+        else:
+            return tl.exp2(x)
+
+    @triton.jit
+    def _rcp(x, FAST: tl.constexpr):
+        if FAST:
+            return tl.inline_asm_elementwise(
+                "rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+            )
+        else:
+            return 1.0 / x
+
+    @triton.jit
+    def _sigmoid(x, FAST: tl.constexpr):
+        return _rcp(1.0 + _ex2(x * -_LOG2E, FAST), FAST)
+
+    @triton.jit
+    def _softplus(x, FAST: tl.constexpr):
+        # max(x, 0) + log1p(v), v = exp(-|x|) in (0, 1]; log1p(v) = 2 atanh(r), r = v / (2 + v) <= 1/3, by its
+        # odd series to r^13 (relative error < 2e-8). Equals torch's softplus (threshold 20) to fp32 rounding.
+        v = _ex2(tl.abs(x) * -_LOG2E, FAST)
+        r = v * _rcp(2.0 + v, FAST)
+        r2 = r * r
+        p = r2 * (0.3333333333 + r2 * (0.2 + r2 * (0.1428571429 + r2 * (0.1111111111 + r2 * (0.0909090909
+                                                                                          + r2 * 0.0769230769)))))
+        rr = r + r
+        return tl.maximum(x, 0.0) + (rr + rr * p)
+
+    @triton.jit
+    def _affine(a1, b1, a2, b2):
+        # compose x -> a1 x + b1, then x -> a2 x + b2
+        return a1 * a2, a2 * b1 + b2
+
+    @triton.jit
+    def _prev(p1, q1, f1, p2, q2, f2):
+        # (second-to-last, last, length>=2) of a segment: the scan's first output is the previous element
+        return tl.where(f2 > 0.0, p2, q1), q2, tl.where(f2 > 0.0, f2, 1.0)
+
+    @triton.jit
+    def _chunk_states(dt, dtu, A4, Bt, s, FAST: tl.constexpr):
+        """States [T, ES, N, EL] of one chunk from the entering state s [ES, N, EL]; also a and b."""
+        t4 = tl.arange(0, dt.shape[0])[:, None, None, None]
+        a = _ex2(dt[:, :, None, :] * A4, FAST)
+        b = dtu[:, :, None, :] * Bt[:, None, :, None]
+        b_in = tl.where(t4 == 0, b + a * s[None], b)
+        _, st = tl.associative_scan((a, b_in), 0, _affine)
+        return a, b, st
+
+    @triton.jit
+    def _last(x):
+        t4 = tl.arange(0, x.shape[0])[:, None, None, None]
+        return tl.sum(tl.where(t4 == x.shape[0] - 1, x, 0.0), axis=0)
+
+    @triton.jit
+    def _first(x):
+        t4 = tl.arange(0, x.shape[0])[:, None, None, None]
+        return tl.sum(tl.where(t4 == 0, x, 0.0), axis=0)
+
+    @triton.jit
+    def _dt(dl, m3, bias3, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
+        """(delta + bias, dt = softplus(delta + bias)), dt zeroed on masked steps (an identity step)."""
+        if HAS_BIAS:
+            dl = dl + bias3
+        dt = dl
+        if SOFTPLUS:
+            dt = _softplus(dl, FAST)
+        return dl, tl.where(m3, dt, 0.0)
+
+    @triton.jit
+    def _chunk_pos(k, trow, rev, Lp, L, em3, T: tl.constexpr):
+        """Positions [T] of scan chunk k (scan step i -> position i, or Lp-1-i in reverse) and the mask."""
+        i = k * T + trow
+        pos = tl.where(rev, Lp - 1 - i, i)
+        valid = (pos < L) & (pos >= 0)
+        pos3 = pos[:, None, None]
+        return pos, valid, pos3, valid[:, None, None] & em3
+
+    @triton.jit
+    def _load_inputs(k, trow, rev, Lp, L, em3, u_base, su_l, dl_base, sd_l, bc_off0, B_ptr, C_ptr, nn, nm, N,
+                     T: tl.constexpr):
+        pos, valid, pos3, m3 = _chunk_pos(k, trow, rev, Lp, L, em3, T)
+        u = tl.load(u_base + pos3 * su_l, mask=m3, other=0.0)
+        dl = tl.load(dl_base + pos3 * sd_l, mask=m3, other=0.0)
+        bc_off = bc_off0 + pos[:, None] * N + nn[None, :]
+        bc_m = valid[:, None] & nm[None, :]
+        Bt = tl.load(B_ptr + bc_off, mask=bc_m, other=0.0)
+        Ct = tl.load(C_ptr + bc_off, mask=bc_m, other=0.0)
+        return u, dl, Bt, Ct
+
+    @triton.jit
+    def _load_bwd(k, j, tt, rev, Lp, L, em3, u_base, su_l, dl_base, sd_l, bc_off0, B_ptr, C_ptr, nn, nm, N,
+                  gy_base, sg_l, z_base, sz_l, S_base, sS_l, scratch, scr_off, dz_on, HAS_Z: tl.constexpr,
+                  T: tl.constexpr, SZ: tl.constexpr):
+        """Everything phase B of the backward reads for chunk k (j: its index in the segment's scratch)."""
+        u, dl, Bt, Ct = _load_inputs(k, tt, rev, Lp, L, em3, u_base, su_l, dl_base, sd_l, bc_off0, B_ptr, C_ptr,
+                                     nn, nm, N, T)
+        pos, valid, pos3, m3 = _chunk_pos(k, tt, rev, Lp, L, em3, T)
+        gy = tl.load(gy_base + pos3 * sg_l, mask=m3, other=0.0)
+        if HAS_Z:
+            zz = tl.load(z_base + pos3 * sz_l, mask=m3, other=0.0)
+            S = tl.load(S_base + pos3 * sS_l, mask=m3 & dz_on, other=0.0)
+        else:
+            zz = gy
+            S = gy
+        s_in = tl.load(scratch + j * SZ + scr_off)
+        return u, dl, Bt, Ct, gy, zz, S, s_in
+
+    @triton.jit
+    def _scan_fwd_kernel(
+        out_ptr, so_b, so_e, so_l, S_ptr, z_ptr, sz_b, sz_e, sz_l, carry_ptr, flag_ptr,
+        u0, su0_b, su0_e, su0_l, dl0, sd0_b, sd0_e, sd0_l, A0, B0, C0, D0, bias0,
+        u1, su1_b, su1_e, su1_l, dl1, sd1_b, sd1_e, sd1_l, A1, B1, C1, D1, bias1,
+        L, Lp, E, N, NSEG, n_chunks,
+        NDIR: tl.constexpr, REV0: tl.constexpr,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        STORE_CARRY: tl.constexpr, STORE_S: tl.constexpr, KSUB: tl.constexpr,
+        T: tl.constexpr, ES: tl.constexpr, NP: tl.constexpr, EL: tl.constexpr, FAST: tl.constexpr,
+        EVEN_E: tl.constexpr,
+    ):
+        pid_b = tl.program_id(0)
+        pid_e = tl.program_id(1)
+        d = tl.program_id(2)
+        nb = tl.num_programs(0)
+        ne = tl.num_programs(1)
+        first = d == 0
+        u_ptr = tl.where(first, u0, u1)
+        su_b = tl.where(first, su0_b, su1_b)
+        su_e = tl.where(first, su0_e, su1_e)
+        su_l = tl.where(first, su0_l, su1_l)
+        dl_ptr = tl.where(first, dl0, dl1)
+        sd_b = tl.where(first, sd0_b, sd1_b)
+        sd_e = tl.where(first, sd0_e, sd1_e)
+        sd_l = tl.where(first, sd0_l, sd1_l)
+        A_ptr = tl.where(first, A0, A1)
+        B_ptr = tl.where(first, B0, B1)
+        C_ptr = tl.where(first, C0, C1)
+        D_ptr = tl.where(first, D0, D1)
+        bias_ptr = tl.where(first, bias0, bias1)
+        if NDIR == 2:
+            rev = d == 1
+        else:
+            rev = d == 0 if REV0 else d == 1
+
+        nn = tl.arange(0, NP)
+        nm = nn < N
+        e2 = pid_e * (ES * EL) + tl.arange(0, ES)[:, None] * EL + tl.arange(0, EL)[None, :]
+        em2 = (e2 < E) if not EVEN_E else tl.full(e2.shape, 1, tl.int1)
+        e3 = e2[None]
+        em3 = em2[None]
+        state_off = nn[None, :, None] * E + e2[:, None, :]
+        state_m = em2[:, None, :] & nm[None, :, None]
+        A4 = tl.load(A_ptr + e2[:, None, :] * N + nn[None, :, None], mask=state_m, other=0.0)[None] * _LOG2E
+        bias3 = tl.load(bias_ptr + e3, mask=em3, other=0.0) if HAS_BIAS else 0.0
+        d3 = tl.load(D_ptr + e3, mask=em3, other=0.0) if HAS_D else 0.0
+        tt = tl.arange(0, T)
+        u_base = u_ptr + pid_b * su_b + e3 * su_e
+        dl_base = dl_ptr + pid_b * sd_b + e3 * sd_e
+        o_base = out_ptr + pid_b * so_b + e3 * so_e
+        S_base = S_ptr + pid_b * so_b + e3 * so_e
+        z_base = z_ptr + pid_b * sz_b + e3 * sz_e
+        bc_off0 = pid_b * L * N
+        carry_base = carry_ptr + (d * nb + pid_b) * NSEG * N * E
+        n_groups = tl.cdiv(n_chunks, KSUB)
+        flag_base = flag_ptr + (pid_b * ne + pid_e) * n_groups
+        second = (pid_b < 0).to(tl.int32)  # 0: no arrival protocol yet
+
+        s = tl.zeros([ES, NP, EL], dtype=tl.float32)
+        u_n, dl_n, B_n, C_n = _load_inputs(0, tt, rev, Lp, L, em3, u_base, su_l, dl_base, sd_l, bc_off0,
+                                           B_ptr, C_ptr, nn, nm, N, T)
+        for k in range(n_chunks):
+            pos, valid, pos3, m3 = _chunk_pos(k, tt, rev, Lp, L, em3, T)
+            u = u_n.to(tl.float32)
+            dl = dl_n.to(tl.float32)
+            Bt = B_n
+            Ct = C_n
+            # prefetch the next chunk while this one computes
+            u_n, dl_n, B_n, C_n = _load_inputs(k + 1, tt, rev, Lp, L, em3, u_base, su_l, dl_base, sd_l, bc_off0,
+                                               B_ptr, C_ptr, nn, nm, N, T)
+            if NDIR == 2:
+                # Arrival protocol per group of KSUB memory chunks: the first direction to reach a group parks its
+                # raw outputs in out, the second waits for it to finish the group, then adds, gates and writes.
+                m = tl.where(rev, n_chunks - 1 - k, k)
+                g = m // KSUB
+                top = tl.minimum(g * KSUB + KSUB - 1, n_chunks - 1)
+                entering = m == tl.where(rev, top, g * KSUB)
+                leaving = m == tl.where(rev, g * KSUB, top)
+                if entering:
+                    second = (tl.atomic_add(flag_base + g, 1) != 0).to(tl.int32)
+                    if second != 0:
+                        while (tl.atomic_add(flag_base + g, 0, sem="acquire") & 4) == 0:
+                            pass
+                        tl.debug_barrier()
+                fin_m = m3 & (second != 0)
+            else:
+                fin_m = m3
+            if HAS_Z:
+                zz = tl.load(z_base + pos3 * sz_l, mask=fin_m, other=0.0).to(tl.float32)
+            if NDIR == 2:
+                other = tl.load(o_base + pos3 * so_l, mask=fin_m, other=0.0, cache_modifier=".cg")
+            dl, dt = _dt(dl, m3, bias3, HAS_BIAS, SOFTPLUS, FAST)
+            if STORE_CARRY:
+                if k % KSUB == 0:
+                    tl.store(carry_base + (k // KSUB) * N * E + state_off, s, mask=state_m)
+            a, b, st = _chunk_states(dt, dt * u, A4, Bt, s, FAST)
+            y = tl.sum(st * Ct[:, None, :, None], axis=2)
+            if HAS_D:
+                y += d3 * u
+            s = _last(st)
+            if NDIR == 2:
+                y_fin = y + other.to(tl.float32)
+            else:
+                y_fin = y
+            if STORE_S:
+                tl.store(S_base + pos3 * so_l, y_fin.to(S_ptr.dtype.element_ty), mask=fin_m)
+            if HAS_Z:
+                y_fin = y_fin * zz * _sigmoid(zz, FAST)
+            if NDIR == 2:
+                y_out = tl.where(second != 0, y_fin, y)
+            else:
+                y_out = y_fin
+            tl.store(o_base + pos3 * so_l, y_out.to(out_ptr.dtype.element_ty), mask=m3)
+            if NDIR == 2:
+                if leaving:
+                    if second == 0:
+                        tl.debug_barrier()
+                        tl.atomic_add(flag_base + g, 4, sem="release")  # arrivals count in bits 0-1, done is bit 2
+
+    @triton.jit
+    def _scan_bwd_kernel(
+        gy_ptr, sg_b, sg_e, sg_l, z_ptr, sz_b, sz_e, sz_l, S_ptr, sS_b, sS_e, sS_l,
+        dz_ptr, sdz_b, sdz_e, sdz_l, carry_ptr, scratch_ptr,
+        u0, su0_b, su0_e, su0_l, dl0, sd0_b, sd0_e, sd0_l, A0, B0, C0, D0, bias0,
+        du0, sdu0_b, sdu0_e, sdu0_l, ddl0, sdd0_b, sdd0_e, sdd0_l, dA0, dB0, dC0, dD0, dbias0,
+        u1, su1_b, su1_e, su1_l, dl1, sd1_b, sd1_e, sd1_l, A1, B1, C1, D1, bias1,
+        du1, sdu1_b, sdu1_e, sdu1_l, ddl1, sdd1_b, sdd1_e, sdd1_l, dA1, dB1, dC1, dD1, dbias1,
+        L, Lp, E, N, NSEG, n_chunks,
+        NDIR: tl.constexpr, REV0: tl.constexpr,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        KSUB: tl.constexpr, T: tl.constexpr, ES: tl.constexpr, NP: tl.constexpr, EL: tl.constexpr,
+        FAST: tl.constexpr, EVEN_E: tl.constexpr, NPART: tl.constexpr,
+    ):
+        pid_b = tl.program_id(0)
+        pid_e = tl.program_id(1)
+        d = tl.program_id(2)
+        nb = tl.num_programs(0)
+        ne = tl.num_programs(1)
+        first = d == 0
+        # this program's direction: pick its pointers and strides (scalar selects)
+        u_ptr = tl.where(first, u0, u1)
+        su_b = tl.where(first, su0_b, su1_b)
+        su_e = tl.where(first, su0_e, su1_e)
+        su_l = tl.where(first, su0_l, su1_l)
+        dl_ptr = tl.where(first, dl0, dl1)
+        sd_b = tl.where(first, sd0_b, sd1_b)
+        sd_e = tl.where(first, sd0_e, sd1_e)
+        sd_l = tl.where(first, sd0_l, sd1_l)
+        A_ptr = tl.where(first, A0, A1)
+        B_ptr = tl.where(first, B0, B1)
+        C_ptr = tl.where(first, C0, C1)
+        D_ptr = tl.where(first, D0, D1)
+        bias_ptr = tl.where(first, bias0, bias1)
+        du_ptr = tl.where(first, du0, du1)
+        sdu_b = tl.where(first, sdu0_b, sdu1_b)
+        sdu_e = tl.where(first, sdu0_e, sdu1_e)
+        sdu_l = tl.where(first, sdu0_l, sdu1_l)
+        ddl_ptr = tl.where(first, ddl0, ddl1)
+        sdd_b = tl.where(first, sdd0_b, sdd1_b)
+        sdd_e = tl.where(first, sdd0_e, sdd1_e)
+        sdd_l = tl.where(first, sdd0_l, sdd1_l)
+        dA_ptr = tl.where(first, dA0, dA1)
+        dB_ptr = tl.where(first, dB0, dB1) + (pid_e % NPART) * (nb * L * N)
+        dC_ptr = tl.where(first, dC0, dC1) + (pid_e % NPART) * (nb * L * N)
+        dD_ptr = tl.where(first, dD0, dD1)
+        dbias_ptr = tl.where(first, dbias0, dbias1)
+        if NDIR == 2:
+            rev = d == 1
+        else:
+            rev = d == 0 if REV0 else d == 1
+
+        nn = tl.arange(0, NP)
+        nm = nn < N
+        e2 = pid_e * (ES * EL) + tl.arange(0, ES)[:, None] * EL + tl.arange(0, EL)[None, :]
+        em2 = (e2 < E) if not EVEN_E else tl.full(e2.shape, 1, tl.int1)
+        e3 = e2[None]
+        em3 = em2[None]
+        state_off = nn[None, :, None] * E + e2[:, None, :]
+        state_m = em2[:, None, :] & nm[None, :, None]
+        A3 = tl.load(A_ptr + e2[:, None, :] * N + nn[None, :, None], mask=state_m, other=0.0)
+        A4 = A3[None] * _LOG2E
+        bias3 = tl.load(bias_ptr + e3, mask=em3, other=0.0) if HAS_BIAS else 0.0
+        d3 = tl.load(D_ptr + e3, mask=em3, other=0.0) if HAS_D else 0.0
+        u_base = u_ptr + pid_b * su_b + e3 * su_e
+        dl_base = dl_ptr + pid_b * sd_b + e3 * sd_e
+        gy_base = gy_ptr + pid_b * sg_b + e3 * sg_e
+        z_base = z_ptr + pid_b * sz_b + e3 * sz_e
+        S_base = S_ptr + pid_b * sS_b + e3 * sS_e
+        dz_base = dz_ptr + pid_b * sdz_b + e3 * sdz_e
+        du_base = du_ptr + pid_b * sdu_b + e3 * sdu_e
+        ddl_base = ddl_ptr + pid_b * sdd_b + e3 * sdd_e
+        bc_off0 = pid_b * L * N
+        carry_base = carry_ptr + (d * nb + pid_b) * NSEG * N * E
+        scratch = scratch_ptr + ((d * nb + pid_b) * ne + pid_e) * (KSUB * ES * NP * EL)
+        scr_off = (tl.arange(0, ES)[:, None, None] * NP + nn[None, :, None]) * EL + tl.arange(0, EL)[None, None, :]
+        tt = tl.arange(0, T)
+        t4 = tt[:, None, None, None]
+
+        dA_acc = tl.zeros([ES, NP, EL], dtype=tl.float32)
+        dD_acc = tl.zeros([ES, EL], dtype=tl.float32)
+        dbias_acc = tl.zeros([ES, EL], dtype=tl.float32)
+        g_carry = tl.zeros([ES, NP, EL], dtype=tl.float32)  # a_t * h_t at the first step of the later chunk
+        for sg in range(NSEG):
+            seg = NSEG - 1 - sg
+            k0 = seg * KSUB
+            nk = tl.minimum(KSUB, n_chunks - k0)
+            # (A) states entering each chunk of the segment, from the stored segment state
+            s = tl.load(carry_base + seg * N * E + state_off, mask=state_m, other=0.0)
+            for j in range(nk):
+                tl.store(scratch + j * (ES * NP * EL) + scr_off, s)
+                u, dl, Bt, Ct = _load_inputs(k0 + j, tt, rev, Lp, L, em3, u_base, su_l, dl_base, sd_l, bc_off0,
+                                             B_ptr, C_ptr, nn, nm, N, T)
+                pos, valid, pos3, m3 = _chunk_pos(k0 + j, tt, rev, Lp, L, em3, T)
+                u = u.to(tl.float32)
+                dl, dt = _dt(dl.to(tl.float32), m3, bias3, HAS_BIAS, SOFTPLUS, FAST)
+                a, b, st = _chunk_states(dt, dt * u, A4, Bt, s, FAST)
+                s = _last(st)
+            tl.debug_barrier()
+            # (B) chunks of the segment, last to first; each chunk's inputs are loaded one chunk ahead
+            nxt = _load_bwd(k0 + nk - 1, nk - 1, tt, rev, Lp, L, em3, u_base, su_l, dl_base, sd_l, bc_off0,
+                            B_ptr, C_ptr, nn, nm, N, gy_base, sg_l, z_base, sz_l, S_base, sS_l, scratch, scr_off,
+                            d == 0, HAS_Z, T, ES * NP * EL)
+            for jj in range(nk):
+                j = nk - 1 - jj
+                k = k0 + j
+                u, dl, Bt, Ct, gy, zz, S, s_in = nxt
+                nxt = _load_bwd(k - 1, tl.maximum(j - 1, 0), tt, rev, Lp, L, em3, u_base, su_l, dl_base, sd_l,
+                                bc_off0, B_ptr, C_ptr, nn, nm, N, gy_base, sg_l, z_base, sz_l, S_base, sS_l,
+                                scratch, scr_off, d == 0, HAS_Z, T, ES * NP * EL)
+                pos, valid, pos3, m3 = _chunk_pos(k, tt, rev, Lp, L, em3, T)
+                u = u.to(tl.float32)
+                dl, dt = _dt(dl.to(tl.float32), m3, bias3, HAS_BIAS, SOFTPLUS, FAST)
+                bc_off = bc_off0 + pos[:, None] * N + nn[None, :]
+                bc_m = valid[:, None] & nm[None, :]
+                gy = gy.to(tl.float32)
+                if HAS_Z:
+                    zz = zz.to(tl.float32)
+                    sz = _sigmoid(zz, FAST)
+                    gr = gy * zz * sz
+                    if d == 0:
+                        dz = gy * S.to(tl.float32) * sz * (1.0 + zz * (1.0 - sz))
+                        tl.store(dz_base + pos3 * sdz_l, dz.to(dz_ptr.dtype.element_ty), mask=m3)
+                else:
+                    gr = gy
+                dtu = dt * u
+                a, b, st = _chunk_states(dt, dtu, A4, Bt, s_in, FAST)
+                # adjoint h_t = a_{t+1} h_{t+1} + gr_t C_t, run on the chunk flipped along T (registers only)
+                cc = gr[:, :, None, :] * Ct[:, None, :, None]
+                af = tl.flip(a, 0)
+                cf = tl.flip(cc, 0)
+                a_next, _, _ = tl.associative_scan((tl.zeros_like(af), af, tl.zeros_like(af)), 0, _prev)
+                cf = tl.where(t4 == 0, cf + g_carry[None], cf)
+                _, hf = tl.associative_scan((a_next, cf), 0, _affine)
+                h = tl.flip(hf, 0)
+                g_carry = _first(a * h)
+                # dC_t = sum_e gr_t s_t ; dB_t = sum_e h_t dt_t u_t
+                dC = tl.sum(tl.sum(gr[:, :, None, :] * st, axis=3), axis=1)
+                dB = tl.sum(tl.sum(h * dtu[:, :, None, :], axis=3), axis=1)
+                tl.atomic_add(dC_ptr + bc_off, dC, mask=bc_m, sem="relaxed")
+                tl.atomic_add(dB_ptr + bc_off, dB, mask=bc_m, sem="relaxed")
+                hB = tl.sum(h * Bt[:, None, :, None], axis=2)
+                hsa = h * (st - b)  # h_t a_t s_{t-1}: the gradient of the log-decay dt_t * A
+                ddt = u * hB + tl.sum(hsa * A3[None], axis=2)
+                dA_acc += tl.sum(hsa * dt[:, :, None, :], axis=0)
+                du = dt * hB
+                if HAS_D:
+                    du += d3 * gr
+                    dD_acc += tl.sum(gr * u, axis=0)
+                if SOFTPLUS:
+                    ddl = ddt * _sigmoid(dl, FAST)
+                else:
+                    ddl = ddt
+                ddl = tl.where(m3, ddl, 0.0)
+                dbias_acc += tl.sum(ddl, axis=0)
+                tl.store(du_base + pos3 * sdu_l, du.to(du_ptr.dtype.element_ty), mask=m3)
+                tl.store(ddl_base + pos3 * sdd_l, ddl.to(ddl_ptr.dtype.element_ty), mask=m3)
+            tl.debug_barrier()
+        tl.atomic_add(dA_ptr + e2[:, None, :] * N + nn[None, :, None], dA_acc, mask=state_m, sem="relaxed")
+        if HAS_D:
+            tl.atomic_add(dD_ptr + e2, dD_acc, mask=em2, sem="relaxed")
+        if HAS_BIAS:
+            tl.atomic_add(dbias_ptr + e2, dbias_acc, mask=em2, sem="relaxed")
+
+    # ------------------------------------------------------------------------------------------------------
+    # causal depthwise conv (+ SiLU), both directions from one read of x
+
+    @triton.jit
+    def _conv_fwd_kernel(
+        x_ptr, sx_b, sx_e, sx_l, w0, b0, w1, b1, y0, sy0_b, sy0_e, sy0_l, y1, sy1_b, sy1_e, sy1_l,
+        L, E, K: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SILU: tl.constexpr, BL: tl.constexpr, BE: tl.constexpr, EVEN_E: tl.constexpr, FAST: tl.constexpr,
+    ):
+        pid_b = tl.program_id(0)
+        ll = tl.program_id(1) * BL + tl.arange(0, BL)
+        ee = tl.program_id(2) * BE + tl.arange(0, BE)
+        em = (ee < E) if not EVEN_E else tl.full(ee.shape, 1, tl.int1)
+        m = (ll < L)[:, None] & em[None, :]
+        x_base = x_ptr + pid_b * sx_b + ee[None, :] * sx_e
+        for dd in tl.static_range(NDIR):
+            w_ptr = w0 if dd == 0 else w1
+            bb_ptr = b0 if dd == 0 else b1
+            rev = REV0 if dd == 0 else True
+            acc = tl.zeros([BL, BE], dtype=tl.float32)
+            if HAS_BIAS:
+                acc += tl.load(bb_ptr + ee, mask=em, other=0.0).to(tl.float32)[None, :]
+            for k in tl.static_range(K):
+                # causal: w[k] * x[l - (K-1) + k]; anti-causal: w[k] * x[l + (K-1) - k]
+                if rev:
+                    src = ll + (K - 1 - k)
+                else:
+                    src = ll - (K - 1 - k)
+                ok = (src >= 0) & (src < L)
+                xv = tl.load(x_base + src[:, None] * sx_l, mask=ok[:, None] & em[None, :], other=0.0)
+                wk = tl.load(w_ptr + ee * K + k, mask=em, other=0.0).to(tl.float32)
+                acc += xv.to(tl.float32) * wk[None, :]
+            if SILU:
+                acc = acc * _sigmoid(acc, FAST)
+            if dd == 0:
+                tl.store(y0 + pid_b * sy0_b + ee[None, :] * sy0_e + ll[:, None] * sy0_l,
+                         acc.to(y0.dtype.element_ty), mask=m)
+            else:
+                tl.store(y1 + pid_b * sy1_b + ee[None, :] * sy1_e + ll[:, None] * sy1_l,
+                         acc.to(y1.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _conv_grad_at(x_base, sx_l, gy_base, sg_l, w_ptr, bias, ee, em, src, L, K: tl.constexpr,
+                      rev: tl.constexpr, SILU: tl.constexpr, FAST: tl.constexpr):
+        """dL/d(pre-activation) at positions src [BL] (0 outside [0, L)), recomputing the pre-activation."""
+        ok = (src >= 0) & (src < L)
+        m = ok[:, None] & em[None, :]
+        g = tl.load(gy_base + src[:, None] * sg_l, mask=m, other=0.0).to(tl.float32)
+        if SILU:
+            pre = tl.zeros(g.shape, dtype=tl.float32) + bias[None, :]
+            for k in tl.static_range(K):
+                if rev:
+                    xs = src + (K - 1 - k)
+                else:
+                    xs = src - (K - 1 - k)
+                xok = (xs >= 0) & (xs < L)
+                xv = tl.load(x_base + xs[:, None] * sx_l, mask=xok[:, None] & em[None, :], other=0.0)
+                wk = tl.load(w_ptr + ee * K + k, mask=em, other=0.0).to(tl.float32)
+                pre += xv.to(tl.float32) * wk[None, :]
+            sg = _sigmoid(pre, FAST)
+            g = g * sg * (1.0 + pre * (1.0 - sg))
+        return tl.where(m, g, 0.0)
+
+    @triton.jit
+    def _conv_bwd_kernel(
+        x_ptr, sx_b, sx_e, sx_l, dx_ptr, sdx_b, sdx_e, sdx_l,
+        w0, b0, g0, sg0_b, sg0_e, sg0_l, dw0, db0,
+        w1, b1, g1, sg1_b, sg1_e, sg1_l, dw1, db1,
+        L, E, K: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SILU: tl.constexpr, BL: tl.constexpr, BE: tl.constexpr, EVEN_E: tl.constexpr, FAST: tl.constexpr,
+    ):
+        pid_b = tl.program_id(0)
+        ll = tl.program_id(1) * BL + tl.arange(0, BL)
+        ee = tl.program_id(2) * BE + tl.arange(0, BE)
+        em = (ee < E) if not EVEN_E else tl.full(ee.shape, 1, tl.int1)
+        lm = ll < L
+        x_base = x_ptr + pid_b * sx_b + ee[None, :] * sx_e
+        dx = tl.zeros([BL, BE], dtype=tl.float32)
+        for dd in tl.static_range(NDIR):
+            w_ptr = w0 if dd == 0 else w1
+            bb_ptr = b0 if dd == 0 else b1
+            dw_ptr = dw0 if dd == 0 else dw1
+            db_ptr = db0 if dd == 0 else db1
+            rev = REV0 if dd == 0 else True
+            if dd == 0:
+                gy_base = g0 + pid_b * sg0_b + ee[None, :] * sg0_e
+                sg_l = sg0_l
+            else:
+                gy_base = g1 + pid_b * sg1_b + ee[None, :] * sg1_e
+                sg_l = sg1_l
+            if HAS_BIAS:
+                bias = tl.load(bb_ptr + ee, mask=em, other=0.0).to(tl.float32)
+            else:
+                bias = tl.zeros([BE], dtype=tl.float32)
+            # weight and bias grads from the gradient at this tile's own positions
+            g = _conv_grad_at(x_base, sx_l, gy_base, sg_l, w_ptr, bias, ee, em, ll, L, K, rev, SILU, FAST)
+            if HAS_BIAS:
+                tl.atomic_add(db_ptr + ee, tl.sum(g, axis=0), mask=em, sem="relaxed")
+            for k in tl.static_range(K):
+                if rev:
+                    xs = ll + (K - 1 - k)
+                else:
+                    xs = ll - (K - 1 - k)
+                xok = (xs >= 0) & (xs < L)
+                xv = tl.load(x_base + xs[:, None] * sx_l, mask=xok[:, None] & em[None, :], other=0.0)
+                tl.atomic_add(dw_ptr + ee * K + k, tl.sum(g * xv.to(tl.float32), axis=0), mask=em, sem="relaxed")
+                # x at ll feeds the output at ll + (K-1-k) (causal) / ll - (K-1-k) (anti-causal) through w[k]
+                if rev:
+                    dst = ll - (K - 1 - k)
+                else:
+                    dst = ll + (K - 1 - k)
+                gk = _conv_grad_at(x_base, sx_l, gy_base, sg_l, w_ptr, bias, ee, em, dst, L, K, rev, SILU, FAST)
+                wk = tl.load(w_ptr + ee * K + k, mask=em, other=0.0).to(tl.float32)
+                dx += gk * wk[None, :]
+        tl.store(dx_ptr + pid_b * sdx_b + ee[None, :] * sdx_e + ll[:, None] * sdx_l,
+                 dx.to(dx_ptr.dtype.element_ty), mask=lm[:, None] & em[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# launchers and autograd
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _fast() -> bool:
+    return not INTERPRET
+
+
+def _maxnreg(n: int | None) -> dict:
+    return {} if (n is None or INTERPRET) else {"maxnreg": n}
+
+
+def _fwd_lanes(batch: int, channels: int, ndir: int) -> int:
+    """Lanes per channel block of the forward kernel: 32 (all N states of a channel in one thread), or 16
+    (N split over 2 lanes: twice the warps) when a 32-lane split would leave the SMs short of warps."""
+    if FWD_EL_AUTO and FWD_EL == 32 and batch * -(-channels // 32) * ndir < FWD_MIN_WARPS:
+        return 16
+    return FWD_EL
+
+
+def _bc32(m: torch.Tensor) -> torch.Tensor:
+    """(B, N, L) -> float32 (B, L, N), contiguous (what the kernels read)."""
+    return m.transpose(1, 2).to(torch.float32).contiguous()
+
+
+def _f32(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.to(torch.float32).contiguous()
+
+
+class _ScanFn(torch.autograd.Function):
+    """One or two directions (``ndir``) of the selective scan, gated by a shared z, summed."""
+
+    @staticmethod
+    def forward(ctx, ndir, rev0, softplus, z, *dirs):  # type: ignore[override]
+        per = [dirs[7 * k : 7 * k + 7] for k in range(ndir)]  # (u, delta, A, B, C, D, bias) per direction
+        u0 = per[0][0]
+        batch, channels, length = u0.shape
+        nstate = per[0][2].shape[1]
+        device = u0.device
+        if length == 0:
+            ctx.empty = True
+            return u0.new_zeros(u0.shape)
+        ctx.empty = False
+        need_grad = any(ctx.needs_input_grad)
+        prepared = []
+        for u, delta, A, Bm, Cm, D, bias in per:
+            prepared.append((u, delta, _f32(A), _bc32(Bm), _bc32(Cm), _f32(D), _f32(bias)))
+        has_d = per[0][5] is not None
+        has_bias = per[0][6] is not None
+        has_z = z is not None
+        tm = _token_major(u0)
+        out = _new(batch, channels, length, u0.dtype, device, tm)
+        n_chunks = -(-length // FWD_T)
+        padded = n_chunks * FWD_T
+        ksub = SEG // FWD_T
+        nseg = -(-n_chunks // ksub)
+        carry = (torch.empty(ndir, batch, nseg, nstate, channels, dtype=torch.float32, device=device)
+                 if need_grad else out)
+        S = _new(batch, channels, length, u0.dtype, device, tm) if (need_grad and has_z) else out
+        el = _fwd_lanes(batch, channels, ndir)
+        block = FWD_ES * el
+        n_eb = triton.cdiv(channels, block)
+        flags = (torch.zeros(batch * n_eb * -(-n_chunks // ksub), dtype=torch.int32, device=device)
+                 if ndir == 2 else out)
+        p1 = prepared[1] if ndir == 2 else prepared[0]
+        dummy = out
+        flat = []
+        for u, delta, A, Bm, Cm, D, bias in (prepared[0], p1):
+            flat += [u, *u.stride(), delta, *delta.stride(), A, Bm, Cm,
+                     dummy if D is None else D, dummy if bias is None else bias]
+        _scan_fwd_kernel[(batch, n_eb, ndir)](
+            out, *out.stride(), S, dummy if z is None else z, *_strides(z), carry, flags, *flat,
+            length, padded, channels, nstate, nseg, n_chunks,
+            NDIR=ndir, REV0=bool(rev0), HAS_D=has_d, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=bool(softplus),
+            STORE_CARRY=need_grad, STORE_S=need_grad and has_z, KSUB=ksub,
+            T=FWD_T, ES=FWD_ES, NP=_next_pow2(nstate), EL=el, FAST=_fast(), EVEN_E=channels % block == 0,
+            num_warps=max(1, el // 32), **_maxnreg(FWD_MAXNREG),
+        )
+        if need_grad:
+            ctx.save_for_backward(z, S if has_z else None, carry, *[t for p in prepared for t in p])
+            ctx.meta = (ndir, bool(rev0), bool(softplus), has_d, has_bias, has_z, nseg, padded)
+            ctx.orig = [(p[0].dtype, p[1].dtype, p[2].dtype, p[3].dtype, p[4].dtype,
+                         None if p[5] is None else p[5].dtype, None if p[6] is None else p[6].dtype) for p in per]
+        return out
+
+    @staticmethod
+    def backward(ctx, gy):  # type: ignore[override]
+        ndir, rev0, softplus, has_d, has_bias, has_z, nseg, padded = ctx.meta
+        if ctx.empty:
+            return (None, None, None, None) + (None,) * (7 * ndir)
+        z, S, carry, *flat = ctx.saved_tensors
+        per = [flat[7 * k : 7 * k + 7] for k in range(ndir)]
+        u0 = per[0][0]
+        batch, channels, length = u0.shape
+        nstate = per[0][2].shape[1]
+        device = u0.device
+        block = BWD_ES * BWD_EL
+        ne = triton.cdiv(channels, block)
+        npart = min(BWD_NPART, ne)
+        grads = []
+        for u, delta, A, _Bm, _Cm, _D, _bias in per:
+            grads.append((
+                _new(batch, channels, length, u.dtype, device, _token_major(u)),
+                _new(batch, channels, length, delta.dtype, device, _token_major(delta)),
+                torch.zeros_like(A),
+                torch.zeros(npart, batch, length, nstate, dtype=torch.float32, device=device),
+                torch.zeros(npart, batch, length, nstate, dtype=torch.float32, device=device),
+                torch.zeros(channels, dtype=torch.float32, device=device),
+                torch.zeros(channels, dtype=torch.float32, device=device),
+            ))
+        dz = _new(batch, channels, length, z.dtype, device, _token_major(z)) if has_z else None
+        if gy.stride(1) != 1 and gy.stride(2) != 1:
+            gy = gy.contiguous()
+        ksub = SEG // BWD_T
+        np2 = _next_pow2(nstate)
+        scratch = torch.empty(ndir * batch * ne * ksub * BWD_ES * np2 * BWD_EL, dtype=torch.float32,
+                              device=device)
+        dummy = gy
+        args = []
+        for k in (0, 1 if ndir == 2 else 0):
+            u, delta, A, Bm, Cm, D, bias = per[k]
+            du, ddl, dA, dB, dC, dD, dbias = grads[k]
+            args += [u, *u.stride(), delta, *delta.stride(), A, Bm, Cm,
+                     dummy if D is None else D, dummy if bias is None else bias,
+                     du, *du.stride(), ddl, *ddl.stride(), dA, dB, dC, dD, dbias]
+        _scan_bwd_kernel[(batch, ne, ndir)](
+            gy, *gy.stride(), dummy if z is None else z, *_strides(z),
+            dummy if S is None else S, *_strides(S), dummy if dz is None else dz, *_strides(dz),
+            carry, scratch, *args, length, padded, channels, nstate, nseg, padded // BWD_T,
+            NDIR=ndir, REV0=rev0, HAS_D=has_d, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus,
+            KSUB=ksub, T=BWD_T, ES=BWD_ES, NP=np2, EL=BWD_EL, FAST=_fast(), EVEN_E=channels % block == 0,
+            NPART=npart, num_warps=max(1, BWD_EL // 32), **_maxnreg(BWD_MAXNREG),
+        )
+        out = []
+        for k in range(ndir):
+            du, ddl, dA, dB, dC, dD, dbias = grads[k]
+            dt_u, dt_d, dt_a, dt_b, dt_c, dt_dd, dt_bias = ctx.orig[k]
+            dB, dC = (x[0] if npart == 1 else x.sum(0) for x in (dB, dC))
+            out += [du, ddl, dA.to(dt_a), dB.transpose(1, 2).to(dt_b), dC.transpose(1, 2).to(dt_c),
+                    None if dt_dd is None else dD.to(dt_dd), None if dt_bias is None else dbias.to(dt_bias)]
+        return (None, None, None, dz, *out)
+
+
+def _check(u, delta, A, Bm, Cm) -> None:
+    from vtr.encoders.selective_scan import _check_shapes
+
+    _check_shapes(u, delta, A, Bm, Cm)
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    Bm: torch.Tensor,
+    Cm: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    reverse: bool = False,
+) -> torch.Tensor:
+    """The selective scan (one direction) in one fused Triton kernel; same contract as ``selective_scan``."""
+    _check(u, delta, A, Bm, Cm)
+    if u.dtype == torch.float64 or not triton_available(u.device):
+        from vtr.encoders.selective_scan import selective_scan_chunked
+
+        return selective_scan_chunked(u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, reverse)
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        return _ScanFn.apply(1, reverse, delta_softplus, z, u, delta, A, Bm, Cm, D, delta_bias)
+
+
+def bidirectional_selective_scan(
+    u_f: torch.Tensor,
+    delta_f: torch.Tensor,
+    A_f: torch.Tensor,
+    B_f: torch.Tensor,
+    C_f: torch.Tensor,
+    D_f: torch.Tensor | None,
+    delta_bias_f: torch.Tensor | None,
+    u_b: torch.Tensor,
+    delta_b: torch.Tensor,
+    A_b: torch.Tensor,
+    B_b: torch.Tensor,
+    C_b: torch.Tensor,
+    D_b: torch.Tensor | None,
+    delta_bias_b: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_softplus: bool = True,
+) -> torch.Tensor:
+    """``scan(forward inputs) + scan(backward inputs, reverse=True)``, both gated by silu(z), in one launch.
+
+    Equal to ``selective_scan(u_f, ..., z=z) + selective_scan(u_b, ..., z=z, reverse=True)``. Both directions
+    must agree on which of D and delta_bias are given.
+    """
+    _check(u_f, delta_f, A_f, B_f, C_f)
+    _check(u_b, delta_b, A_b, B_b, C_b)
+    if u_f.shape != u_b.shape or A_f.shape != A_b.shape:
+        raise ValueError("both directions need the same (B, E, L) and (E, N) shapes")
+    if (D_f is None) != (D_b is None) or (delta_bias_f is None) != (delta_bias_b is None):
+        raise ValueError("give D and delta_bias for both directions or for neither")
+    if u_f.dtype == torch.float64 or not triton_available(u_f.device):
+        from vtr.encoders.selective_scan import selective_scan_chunked
+
+        kw = dict(z=z, delta_softplus=delta_softplus)
+        return (selective_scan_chunked(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias=delta_bias_f, **kw)
+                + selective_scan_chunked(u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias=delta_bias_b,
+                                         reverse=True, **kw))
+    with torch.autocast(device_type=u_f.device.type, enabled=False):
+        return _ScanFn.apply(2, False, delta_softplus, z, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
+                             u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
+
+
+class _ConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ndir, rev0, silu, x, w0, b0, w1, b1):  # type: ignore[override]
+        batch, channels, length = x.shape
+        width = w0.shape[-1]
+        w0c = w0.reshape(channels, width).contiguous()
+        w1c = w1.reshape(channels, width).contiguous() if ndir == 2 else w0c
+        b1_ = b1 if ndir == 2 else b0
+        tm = _token_major(x)
+        ys = [_new(batch, channels, length, x.dtype, x.device, tm) for _ in range(ndir)]
+        y1 = ys[1] if ndir == 2 else ys[0]
+        grid = (batch, triton.cdiv(length, CONV_BL), triton.cdiv(channels, CONV_BE))
+        if length:
+            _conv_fwd_kernel[grid](
+                x, *x.stride(), w0c, w0c if b0 is None else b0, w1c, w1c if b1_ is None else b1_,
+                ys[0], *ys[0].stride(), y1, *y1.stride(), length, channels,
+                K=width, NDIR=ndir, REV0=bool(rev0), HAS_BIAS=b0 is not None, SILU=bool(silu),
+                BL=CONV_BL, BE=CONV_BE, EVEN_E=channels % CONV_BE == 0, FAST=_fast(), num_warps=4,
+            )
+        ctx.save_for_backward(x, w0c, b0, w1c, b1_)
+        ctx.meta = (ndir, bool(rev0), bool(silu), w0.shape, None if b0 is None else b0.dtype)
+        return tuple(ys) if ndir == 2 else ys[0]
+
+    @staticmethod
+    def backward(ctx, *gys):  # type: ignore[override]
+        x, w0c, b0, w1c, b1 = ctx.saved_tensors
+        ndir, rev0, silu, wshape, bdtype = ctx.meta
+        batch, channels, length = x.shape
+        width = w0c.shape[-1]
+        gys = [g if g is not None else torch.zeros_like(x) for g in gys]
+        g1 = gys[1] if ndir == 2 else gys[0]
+        dx = _new(batch, channels, length, x.dtype, x.device, _token_major(x))
+        dws = [torch.zeros(channels, width, dtype=torch.float32, device=x.device) for _ in range(ndir)]
+        dbs = [torch.zeros(channels, dtype=torch.float32, device=x.device) for _ in range(ndir)]
+        dw1 = dws[1] if ndir == 2 else dws[0]
+        db1 = dbs[1] if ndir == 2 else dbs[0]
+        grid = (batch, triton.cdiv(length, CONV_BWD_BL), triton.cdiv(channels, CONV_BWD_BE))
+        if length:
+            _conv_bwd_kernel[grid](
+                x, *x.stride(), dx, *dx.stride(),
+                w0c, w0c if b0 is None else b0, gys[0], *gys[0].stride(), dws[0], dbs[0],
+                w1c, w1c if b1 is None else b1, g1, *g1.stride(), dw1, db1,
+                length, channels, K=width, NDIR=ndir, REV0=rev0, HAS_BIAS=b0 is not None, SILU=silu,
+                BL=CONV_BWD_BL, BE=CONV_BWD_BE, EVEN_E=channels % CONV_BWD_BE == 0, FAST=_fast(), num_warps=4,
+            )
+        out = [dx]
+        for k in range(2):
+            if k < ndir:
+                out += [dws[k].to(w0c.dtype).reshape(wshape), None if bdtype is None else dbs[k].to(bdtype)]
+            else:
+                out += [None, None]
+        return (None, None, None, *out)
+
+
+def causal_conv1d_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = "silu",
+    reverse: bool = False,
+) -> torch.Tensor:
+    """Depthwise causal (anti-causal with ``reverse``) conv over L, then SiLU; fp32 accumulation."""
+    if x.dtype == torch.float64 or not triton_available(x.device):
+        from vtr.encoders.selective_scan import causal_conv1d_reference
+
+        return causal_conv1d_reference(x, weight, bias, activation, reverse)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _ConvFn.apply(1, reverse, activation == "silu", x, weight, bias, None, None)
+
+
+def bidirectional_causal_conv1d(
+    x: torch.Tensor,
+    weight_f: torch.Tensor,
+    bias_f: torch.Tensor | None,
+    weight_b: torch.Tensor,
+    bias_b: torch.Tensor | None,
+    activation: str | None = "silu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(causal conv of x with weight_f, anti-causal conv with weight_b), each + SiLU, from one read of x."""
+    if x.dtype == torch.float64 or not triton_available(x.device):
+        from vtr.encoders.selective_scan import causal_conv1d_reference
+
+        return (causal_conv1d_reference(x, weight_f, bias_f, activation),
+                causal_conv1d_reference(x, weight_b, bias_b, activation, reverse=True))
+    if (bias_f is None) != (bias_b is None):
+        raise ValueError("give a bias for both directions or for neither")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _ConvFn.apply(2, False, activation == "silu", x, weight_f, bias_f, weight_b, bias_b)
+
+
+def register() -> bool:
+    """Register the ``triton`` scan backend (CUDA only); False when triton is missing."""
+    if not HAS_TRITON:
+        return False
+    from vtr.encoders.selective_scan import register_backend
+
+    register_backend("triton", selective_scan_triton, lambda device: torch.device(device).type == "cuda"
+                     and HAS_TRITON, causal_conv1d_triton)
+    return True
