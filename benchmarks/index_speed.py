@@ -45,7 +45,8 @@ def main() -> None:
         model_ref = args.model
         if model_ref is None:
             torch.manual_seed(0)
-            model_ref = str(save_model_dir(build_model(config_for("videomamba_t16_minilm")), tmp / "model"))
+            random_model = build_model(config_for("videomamba_t16_minilm"), text_pretrained=False)
+            model_ref = str(save_model_dir(random_model, tmp / "model"))
         model = create_model(model_ref)
         paths = list(walk_videos([folder]))
         frames, size = model.cfg.num_frames, model.cfg.img_size
