@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention_vit import VIT_SIZES, create_attention_vit  # noqa: E402
 from common import time_fn, write_result  # noqa: E402
+
 from vtr.encoders.selective_scan import available_backends  # noqa: E402
 from vtr.encoders.videomamba import create_video_encoder  # noqa: E402
 

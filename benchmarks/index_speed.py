@@ -32,9 +32,9 @@ def main() -> None:
 
     import torch
     from torch.utils.data import DataLoader
-    from vtr.index.files import walk_videos
 
     from vtr.data.synth import generate_world
+    from vtr.index.files import walk_videos
     from vtr.model.registry import create_model, save_model_dir
     from vtr.model.retrieval import build_model, config_for
     from vtr.pipeline import Library, _VideoItems
@@ -59,7 +59,8 @@ def main() -> None:
         decode_s = time.perf_counter() - t0
 
         lib = Library(home=tmp / "home", model=model_ref, device=args.device)
-        _ = lib.model  # load the weights before timing
+        with torch.no_grad():  # load the weights and compile/warm the kernels before timing
+            lib._encode_clips(torch.zeros(args.batch_size, frames, 3, size, size))
         report = lib.index([folder], workers=args.workers, batch_size=args.batch_size, progress=False)
         device = str(lib.device) if lib.device.type == "cpu" else torch.cuda.get_device_name(lib.device)
     result = {

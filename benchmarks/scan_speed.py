@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import time_fn, write_result  # noqa: E402
+
 from vtr.encoders.selective_scan import selective_scan_chunked  # noqa: E402
 
 MODELS = {"tiny": 192, "small": 384, "middle": 576}  # embed_dim; E = 2 * embed_dim
@@ -201,6 +202,7 @@ def sweep_tiles(args, device, bw) -> list[dict]:
 def profile_encoder(device: torch.device, name: str, frames: int, batch: int, train: bool, top: int = 25) -> dict:
     """torch.profiler over a few encoder steps (triton backend, bf16 autocast): kernels by CUDA time."""
     from torch.profiler import ProfilerActivity, profile
+
     from vtr.encoders.videomamba import create_video_encoder
 
     torch.manual_seed(0)

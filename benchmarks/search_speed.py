@@ -72,6 +72,7 @@ def bench_cpu(sizes: list[int], dim: int, factories: list[str], single: int, bat
 
 def bench_gpu(sizes: list[int], dim: int, batch: int) -> list[dict]:
     import torch
+
     from vtr.index.vector_index import torch_search
 
     rows = []

@@ -31,9 +31,9 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from vtr.encoders.checkpoint import interpolate_pos_embed, read_checkpoint, unwrap_state_dict
 
 from vtr.compat import ensure_torchvision
+from vtr.encoders.checkpoint import interpolate_pos_embed, read_checkpoint, unwrap_state_dict
 from vtr.errors import CheckpointError, ConfigError
 from vtr.model.masking import make_mask
 

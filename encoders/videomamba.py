@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from vtr.encoders.selective_scan import causal_conv1d, resolve_backend, selective_scan
 
+from vtr.encoders.selective_scan import causal_conv1d, resolve_backend, selective_scan
 from vtr.errors import ConfigError
 
 

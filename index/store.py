@@ -34,6 +34,11 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+
+from vtr.data.decode import VideoInfo
+from vtr.errors import ConfigError, VideoDecodeError, VtrError
+from vtr.hashing import sha256_file as file_sha256
+from vtr.home import data_home
 from vtr.index.catalog import (
     CATALOG_FILE,
     Catalog,
@@ -47,11 +52,6 @@ from vtr.index.catalog import (
 )
 from vtr.index.files import VIDEO_EXTENSIONS, walk_videos
 from vtr.index.vector_index import IndexCorruptError, VectorIndex, normalize
-
-from vtr.data.decode import VideoInfo
-from vtr.errors import ConfigError, VideoDecodeError, VtrError
-from vtr.hashing import sha256_file as file_sha256
-from vtr.home import data_home
 
 log = logging.getLogger(__name__)
 

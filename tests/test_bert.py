@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
+from vtr.compat import ensure_torchvision
 from vtr.encoders.bert import (
     FusionLayer,
     TextEncoder,
@@ -19,8 +21,6 @@ from vtr.encoders.bert import (
     text_encoder_config,
     tokenize,
 )
-
-from vtr.compat import ensure_torchvision
 from vtr.errors import CheckpointError, ConfigError
 
 SENTENCES = [

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
+
+from vtr.errors import ConfigError
 from vtr.index.catalog import (
     CATALOG_FILE,
     CURRENT_VERSION,
@@ -26,8 +28,6 @@ from vtr.index.catalog import (
     schema_version,
     utcnow,
 )
-
-from vtr.errors import ConfigError
 
 NON_UTF8 = b"caf\xe9 \xff\xfe clip.mp4"  # Latin-1 e-acute and bytes that are never UTF-8
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
 from vtr.encoders import selective_scan as ss
 from vtr.encoders.selective_scan import (
     available_backends,
@@ -20,7 +21,6 @@ from vtr.encoders.selective_scan import (
     selective_scan_chunked,
     selective_scan_reference,
 )
-
 from vtr.errors import ConfigError
 
 ARG_NAMES = ("u", "delta", "A", "Bm", "Cm", "D", "z", "delta_bias")

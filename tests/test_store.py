@@ -14,6 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+
+from vtr.data.decode import VideoInfo
+from vtr.data.sampling import segment_windows
+from vtr.errors import ConfigError
 from vtr.index.catalog import Catalog, Embedding, Segment, Video
 from vtr.index.store import (
     IndexBusyError,
@@ -23,10 +27,6 @@ from vtr.index.store import (
     walk_videos,
 )
 from vtr.index.vector_index import normalize
-
-from vtr.data.decode import VideoInfo
-from vtr.data.sampling import segment_windows
-from vtr.errors import ConfigError
 
 DIM = 16
 MODEL = "vtr-test-model"

@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from vtr.compat import ensure_torchvision
 from vtr.encoders.clip_teacher import (
     CLIPTeacher,
     TeacherOutput,
@@ -15,8 +17,6 @@ from vtr.encoders.clip_teacher import (
     encode_teacher,
     gather_visible,
 )
-
-from vtr.compat import ensure_torchvision
 from vtr.errors import CheckpointError, ConfigError
 from vtr.model.masking import (
     attention_mask,

@@ -15,6 +15,7 @@ import copy
 
 import pytest
 import torch
+
 from vtr.encoders import selective_scan as ss
 from vtr.encoders import triton_scan as ts
 from vtr.encoders.selective_scan import causal_conv1d_reference, selective_scan_reference

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+
 from vtr.encoders.checkpoint import (
     interpolate_pos_embed,
     interpolate_temporal_embed,
     load_video_encoder,
 )
 from vtr.encoders.videomamba import create_video_encoder
-
 from vtr.errors import CheckpointError, ConfigError
 
 # ---------------------------------------------------------------- key layout (spec section 3.2)
