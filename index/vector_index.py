@@ -573,28 +573,11 @@ def _resolve_device(device: str) -> str:
 # --------------------------------------------------------------------------- torch brute force
 
 
-def _topk_blocked(scores: Any, k: int, block: int = 4096) -> tuple[Any, Any]:
-    """Exact row-wise top-``k`` of a wide [Q, T] matrix: top-k inside blocks of ``block`` columns, then the
-    top-k of those candidates (one ``topk`` over 1M columns is several times slower on a GPU)."""
-    import torch
-
-    nq, t = scores.shape
-    if t <= 2 * block or k > block:
-        return torch.topk(scores, min(k, t), dim=1)
-    pad = (-t) % block
-    if pad:
-        scores = torch.nn.functional.pad(scores, (0, pad), value=float("-inf"))
-    vals, idx = torch.topk(scores.view(nq, -1, block), k, dim=2)  # [Q, T/block, k]
-    idx = idx + torch.arange(0, t + pad, block, device=scores.device).view(1, -1, 1)
-    best, pick = torch.topk(vals.reshape(nq, -1), k, dim=1)
-    return best, torch.gather(idx.reshape(nq, -1), 1, pick)
-
-
 def torch_search(db: Any, queries: Any, k: int, tile: int | None = None) -> tuple[Any, Any]:
     """Exact top-``k`` inner-product search of ``queries`` [Q, D] in ``db`` [N, D] (e.g. fp16 on CUDA).
 
     ``db`` is scanned in tiles of ``tile`` rows (one ``[Q, tile]`` score matrix at a time, kept in ``db``'s
-    dtype); each tile's top-k (exact, blocked: :func:`_topk_blocked`) is merged into the running best. By
+    dtype); each tile's top-k is merged into the running best. By
     default a tile holds ``TORCH_TILE_SCORES // Q`` rows on the CPU and ``2**30 // Q`` on a GPU (a 2 GiB fp16
     score matrix: 1M rows x 1024 queries in one tile). Returns ``(scores [Q, k] float32, positions [Q, k]
     int64)`` on ``db``'s device, best first; positions are row numbers of ``db``, and slots beyond ``N`` are
@@ -619,7 +602,8 @@ def torch_search(db: Any, queries: Any, k: int, tile: int | None = None) -> tupl
     best_i = torch.full((nq, k), -1, dtype=torch.int64, device=device)
     for start in range(0, n, tile):
         block = db[start : start + tile]
-        ts, ti = _topk_blocked(q @ block.to(compute).T, k)
+        scores = q @ block.to(compute).T
+        ts, ti = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         cand_s = torch.cat([best_s, ts.float()], dim=1)
         cand_i = torch.cat([best_i, ti + start], dim=1)
         best_s, pick = torch.topk(cand_s, k, dim=1)

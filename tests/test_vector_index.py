@@ -276,15 +276,3 @@ def test_torch_search_on_cuda() -> None:
     if not vi_mod.faiss_gpu_available():
         assert on_gpu._torch_db is not None and on_gpu._torch_db[0].device.type == "cuda"
 
-
-def test_blocked_topk_is_exact():
-    import torch
-
-    from vtr.index.vector_index import _topk_blocked
-
-    torch.manual_seed(0)
-    for width in (10, 8192, 50001):  # single block, exact multiple, padded tail
-        s = torch.randn(5, width)
-        vals, idx = _topk_blocked(s, 10, block=1000)
-        ref_vals, ref_idx = torch.topk(s, 10, dim=1)
-        assert torch.equal(vals, ref_vals) and torch.equal(idx, ref_idx)
