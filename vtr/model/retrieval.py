@@ -39,6 +39,9 @@ class RetrievalConfig:
     mlm_head: bool = True
     vision: dict = field(default_factory=dict)  # VideoMambaConfig overrides (depth, drop_path_rate, ...)
     text: dict = field(default_factory=dict)  # TextEncoderConfig overrides (fusion_layer, ...)
+    # Frame-mean baseline: every frame goes through the video tower on its own (as a T=1 image: no temporal
+    # position embedding, no scan across frames); per-frame features are averaged by the frame-mean similarity.
+    frame_independent: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,8 +124,24 @@ class RetrievalModel(nn.Module):
     def encode_video(self, video: torch.Tensor, mask: torch.Tensor | None = None,
                      keep_temporal: bool | None = None) -> VideoFeatures:
         """video [B, T, 3, H, W] (T=1 for images) -> patch tokens, projected per-frame features."""
+        if self.cfg.frame_independent and video.shape[1] > 1:
+            return self._encode_frames_independently(video, mask, keep_temporal)
         out = self.vision_encoder(video, mask=mask, keep_temporal=keep_temporal)
         return VideoFeatures(out.tokens, self.vision_proj(out.pooled), out.aligned)
+
+    def _encode_frames_independently(self, video: torch.Tensor, mask: torch.Tensor | None,
+                                     keep_temporal: bool | None) -> VideoFeatures:
+        """Frame-mean baseline: [B, T, ...] -> [B*T, 1, ...] images -> tokens [B, T*hw, C], pooled [B, T, C]."""
+        if mask is not None:
+            raise ConfigError("frame_independent encoding (the frame-mean baseline) does not support token masking")
+        b, t = video.shape[:2]
+        out = self.vision_encoder(video.reshape(b * t, 1, *video.shape[2:]))
+        tokens = out.tokens.reshape(b, t * out.tokens.shape[1], out.tokens.shape[2])
+        pooled = out.pooled.reshape(b, t, out.pooled.shape[-1])
+        keep = self.vision_encoder.cfg.keep_temporal if keep_temporal is None else keep_temporal
+        if not keep:
+            pooled = pooled.mean(1, keepdim=True)
+        return VideoFeatures(tokens, self.vision_proj(pooled), None)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
         """Text layers -> [CLS] (or masked mean) -> text_proj."""
