@@ -21,7 +21,7 @@ from vtr.home import data_home
 DEMO_MODEL = "vtr-shapes-tiny"
 
 
-def run_demo(out_dir: str | Path, videos: int = 1200, seed: int = 0, home: str | Path | None = None,
+def run_demo(out_dir: str | Path, videos: int = 1000, seed: int = 0, home: str | Path | None = None,
              console: Console | None = None, retrain: bool = False, queries: int = 8) -> dict[str, Any]:
     """Run the demo; returns a summary dict (also written to ``out_dir/demo_summary.json``)."""
     from vtr.data.synth import generate_world
