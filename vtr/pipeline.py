@@ -266,6 +266,8 @@ class Library:
         """Text-to-video search; ``rerank`` re-scores the top candidates with the ITM head (slower)."""
         self._adopt_index_model()
         texts = [queries] if isinstance(queries, str) else list(queries)
+        if not texts:
+            return []
         text_embeds = self.encode_text(texts)
         results = self._search_vectors(query_vectors(text_embeds), max(k, rerank_candidates) if rerank else k)
         if rerank:
