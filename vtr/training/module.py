@@ -210,12 +210,22 @@ def _recall_metrics(score_t2v: np.ndarray, txt2vid: Sequence[int], vid2txt: Sequ
     return {f"t2v_r{k}": 100.0 * float((ranks < k).mean()) for k in (1, 5, 10)}
 
 
+def _top1(score: float, others: np.ndarray) -> float:
+    """1 if ``score`` beats every one of ``others``, ``1/(m+1)`` if it ties ``m`` of them at the top, else 0."""
+    if len(others) == 0 or score > others.max():
+        return 1.0
+    if score < others.max():
+        return 0.0
+    return 1.0 / (1 + int((others == score).sum()))
+
+
 def temporal_metrics(score_t2v: np.ndarray, txt2vid: Sequence[int], groups: Sequence[str | None]) -> dict[str, float]:
     """R@1 of each text whose video is in a temporal group, ranked among that group's videos only.
 
     Returns ``temporal_r1`` (percent), ``temporal_chance`` (mean 1/group size, percent), ``temporal_queries`` and
-    ``temporal_full_r1`` (the same texts ranked over the whole gallery). Ties count against the query (a
-    model that gives a clip and its reversed partner the same score is at chance, not above it).
+    ``temporal_full_r1`` (the same texts ranked over the whole gallery). A tie at the top between the right clip
+    and ``m`` others counts ``1 / (m + 1)`` (the expected hit of a random tie-break), so a model that cannot tell a
+    clip from its reversed partner (the frame-mean baseline, which sees the same bag of frames) scores chance.
     """
     members: dict[str, list[int]] = {}
     for v, g in enumerate(groups):
@@ -227,10 +237,10 @@ def temporal_metrics(score_t2v: np.ndarray, txt2vid: Sequence[int], groups: Sequ
         if g is None or len(members[g]) < 2:
             continue
         row = score_t2v[t]
-        others = [u for u in members[g] if u != v]
-        hits.append(bool(row[v] > row[others].max()))
+        others = row[[u for u in members[g] if u != v]]
+        hits.append(_top1(row[v], others))
         chance.append(1.0 / len(members[g]))
-        full.append(bool(row[v] > np.delete(row, v).max()) if len(row) > 1 else True)
+        full.append(_top1(row[v], np.delete(row, v)))
     if not hits:
         return {}
     return {"temporal_r1": 100.0 * float(np.mean(hits)), "temporal_chance": 100.0 * float(np.mean(chance)),
