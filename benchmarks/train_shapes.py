@@ -2,6 +2,7 @@
 
     python benchmarks/train_shapes.py --out benchmarks/results            # 1500-clip world, both runs
     python benchmarks/train_shapes.py --world /tmp/w1500 --threads 1      # reuse a world, one torch thread
+    python benchmarks/train_shapes.py --world /tmp/w1500 --only model     # re-run one side (the other is kept)
 
 Both runs use the same world, config, seed and budget; the baseline only sets ``model.frame_independent=true``
 (same VideoMamba width and depth, every frame encoded on its own, no temporal mixing). Reported: held-out
@@ -85,6 +86,9 @@ def main() -> None:
         print("frame_mean_baseline", runs["frame_mean_baseline"], flush=True)
     import json
 
+    previous = Path(args.out) / "shapes_tiny_cpu.json"
+    if args.only and previous.is_file():  # keep the other run of an earlier invocation
+        runs = {**json.loads(previous.read_text()).get("runs", {}), **runs}
     world_info = json.loads((world / "world.json").read_text())
     payload = {
         "config": config.to_dict(config.load_config("shapes_tiny", [f"data.world={world}", *common])),
