@@ -6,9 +6,11 @@
 * schedule: :class:`CosineWarmup` (official ``get_cosine_schedule_with_warmup`` with ``min_lr_multi``) in a
   ``LambdaLR`` stepped after every optimizer step;
 * teacher: frozen, kept out of checkpoints (``teacher.*`` keys are dropped on save and refilled on load);
-* validation: text->video R@1/5/10 (dual encoder: :meth:`RetrievalModel.similarity`) on the held-out split, and
-  R@1 on the temporal hard-negative subset of vtr-shapes (each text of a clip in a ``temporal_group`` ranked
-  against the clips of its group only; chance = 1/group size);
+* validation: R@1/5/10, MdR and MnR both ways (dual encoder: :meth:`RetrievalModel.similarity`) on the held-out
+  split, computed by :func:`vtr.evaluation.metrics.retrieval_metrics` (its deterministic tie rule; unrounded), so
+  ``vtr eval`` of the exported model reports the same numbers; and R@1 on the temporal hard-negative subset of
+  vtr-shapes (training only: each text of a clip in a ``temporal_group`` ranked against the clips of its group
+  only; chance = 1/group size; a tie at the top counts as a random tie-break, see :func:`temporal_metrics`);
 * reproducibility: the global RNG is reseeded at every training batch from ``(seed, global batch number, rank)``,
   so a resumed run repeats the uninterrupted run's dropout, MLM masks and hard negatives exactly.
 """
@@ -29,6 +31,7 @@ import torch.nn as nn
 
 from vtr.compat import ensure_torchvision
 from vtr.errors import ConfigError
+from vtr.evaluation.metrics import retrieval_metrics
 from vtr.model import losses as Lo
 from vtr.model.retrieval import RetrievalConfig, RetrievalModel, build_model, config_for
 from vtr.training.config import TrainConfig, to_dict
@@ -195,21 +198,6 @@ class CosineWarmup:
 # ---------------------------------------------------------------------------------------------- metrics
 
 
-def _recall_metrics(score_t2v: np.ndarray, txt2vid: Sequence[int], vid2txt: Sequence[Sequence[int]]) -> dict:
-    try:
-        from vtr.evaluation.metrics import retrieval_metrics
-    except ImportError:  # pragma: no cover - vtr.evaluation ships with vtr; a minimal fallback
-        retrieval_metrics = None
-    if retrieval_metrics is not None:
-        return retrieval_metrics(score_t2v, txt2vid, vid2txt, decimals=None)
-    ranks = []
-    for t, v in enumerate(txt2vid):
-        row = score_t2v[t]
-        ranks.append(int((row > row[v]).sum()))
-    ranks = np.asarray(ranks)
-    return {f"t2v_r{k}": 100.0 * float((ranks < k).mean()) for k in (1, 5, 10)}
-
-
 def _top1(score: float, others: np.ndarray) -> float:
     """1 if ``score`` beats every one of ``others``, ``1/(m+1)`` if it ties ``m`` of them at the top, else 0."""
     if len(others) == 0 or score > others.max():
@@ -249,9 +237,11 @@ def temporal_metrics(score_t2v: np.ndarray, txt2vid: Sequence[int], groups: Sequ
 
 def retrieval_eval(score_t2v: torch.Tensor | np.ndarray, txt2vid: Sequence[int], vid2txt: Sequence[Sequence[int]],
                    groups: Sequence[str | None] | None = None) -> dict[str, float]:
-    """Text->video (and video->text) recalls of a dual-encoder score matrix [Nt, Nv], plus :func:`temporal_metrics`."""
+    """Both directions' metrics of a dual-encoder score matrix [Nt, Nv] (``retrieval_metrics``, the tie rule of
+    ``vtr eval``), plus :func:`temporal_metrics` (own tie rule) and ``t2v_chance_r1``."""
     scores = score_t2v.detach().float().cpu().numpy() if isinstance(score_t2v, torch.Tensor) else score_t2v
-    out = {k: float(v) for k, v in _recall_metrics(scores, txt2vid, vid2txt).items()}
+    # the evaluation code's own metrics (ranks, tie rule), unrounded, so `vtr eval` reports the same numbers
+    out = {k: float(v) for k, v in retrieval_metrics(scores, txt2vid, vid2txt, decimals=None).items()}
     if groups is not None:
         out.update(temporal_metrics(scores, txt2vid, groups))
     out["t2v_chance_r1"] = 100.0 / scores.shape[1]
