@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run on a CUDA machine from the repo root, with a vtr wheel in .whl/ (built by `make wheel`):
-#   bash benchmarks/device_run.sh [all|tests|encoder|scan] [ARGS...]   (ARGS go to the benchmark script)
+#   bash benchmarks/device_run.sh [all|tests|encoder|scan|index|search|world|train_throughput|shapes] [ARGS...]
+# (ARGS go to the benchmark script)
 # Installs the wheel (no deps: torch/transformers/einops come from the machine), runs the GPU tests and
 # the encoder benchmark; logs and JSON results go to $OUT (default benchmarks/results).
 set -uo pipefail
@@ -16,7 +17,8 @@ if [[ $what == tests || $what == all ]]; then
   # vtr/ (which lacks the mapped encoders/) would shadow the installed wheel.
   repo=$PWD
   (cd /tmp && python3 -m pytest -q -p no:cacheprovider --noconftest --rootdir="$repo" -o addopts="" \
-    "$repo/tests/test_selective_scan.py" "$repo/tests/test_videomamba.py" "$repo/tests/test_triton_scan.py" 2>&1) \
+    "$repo/tests/test_selective_scan.py" "$repo/tests/test_videomamba.py" "$repo/tests/test_triton_scan.py" \
+    "$repo/tests/test_triton_norm.py" 2>&1) \
     | tee "$OUT/gpu_tests.log" | tail -25
 fi
 if [[ $what == scan || $what == all ]]; then
@@ -26,9 +28,22 @@ fi
 if [[ $what == encoder || $what == all ]]; then
   python3 benchmarks/encoder_speed.py --out "$OUT" "$@" 2>&1 | tee "$OUT/encoder_bench.log"
 fi
-if [[ $what == index || $what == search ]]; then
-  # Extra wheels the device image lacks (PyAV, faiss-cpu, SQLAlchemy, ...) travel in .devwhl/.
+if [[ -d .devwhl ]]; then
+  # Extra wheels the device image lacks (PyAV, faiss-cpu, SQLAlchemy, open_clip, ...) travel in .devwhl/.
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/vtr_site .devwhl/*.whl || exit 1
+fi
+# The packaged MiniLM (tokenizer + weights, fp16 to fit the carry limit) travels in .minilm/ (or .minilm_vocab/:
+# tokenizer only, for runs with text_weights=random); built by benchmarks/pack_minilm.sh.
+for d in .minilm .minilm_vocab; do [[ -d $d ]] && export PYTHONPATH=$PWD/$d:$PYTHONPATH; done
+if [[ $what == world ]]; then  # ARGS: OUT_DIR NUM_VIDEOS
+  python3 -c "import sys; from vtr.data.synth import generate_world as g; print(g(sys.argv[1], int(sys.argv[2]), seed=0,
+workers=14, overwrite=True))" "$@"
+fi
+if [[ $what == train_throughput ]]; then
+  python3 benchmarks/train_throughput.py --out "$OUT" "$@" 2>&1 | tee "$OUT/train_throughput.log"
+fi
+if [[ $what == shapes ]]; then  # ARGS: train_shapes.py arguments
+  python3 benchmarks/train_shapes.py --out "$OUT" "$@" 2>&1 | tee "$OUT/train_shapes.log"
 fi
 if [[ $what == index ]]; then
   python3 benchmarks/index_speed.py --out "$OUT" "$@" 2>&1 | tee "$OUT/index_bench.log"

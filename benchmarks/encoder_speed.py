@@ -11,6 +11,7 @@ Every model and the attention baseline are measured in the same run, so ratios c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -29,8 +30,10 @@ def bench_one(name: str, frames: int, batch: int, backend: str | None, device: t
     torch.manual_seed(0)
     if name in VIT_SIZES:
         model = create_attention_vit(name, num_frames=frames)
-    else:
-        model = create_video_encoder(name, num_frames=frames, scan_backend=backend)
+    else:  # "<backend>-nofusednorm": the same scan backend with the fused add+RMSNorm off
+        os.environ["VTR_FUSED_NORM"] = "0" if backend and backend.endswith("-nofusednorm") else "1"
+        model = create_video_encoder(name, num_frames=frames, scan_backend=backend.removesuffix("-nofusednorm")
+                                     if backend else None)
     model = model.to(device).train(train)
     video = torch.randn(batch, frames, 3, 224, 224, device=device)
 

@@ -1,15 +1,23 @@
 """Search latency: faiss Flat vs IVF-PQ (CPU, p50/p99, recall@10 vs Flat) and torch GPU brute force.
 
-    python benchmarks/search_speed.py --sizes 10000 100000 1000000            # CPU, vtr's VectorIndex
-    python benchmarks/search_speed.py --gpu --sizes 1000000 10000000          # CUDA torch_search (fp16)
+    python benchmarks/search_speed.py --sizes 10000 100000 1000000 --threads 1 2   # CPU, vtr's VectorIndex
+    python benchmarks/search_speed.py --gpu --sizes 1000000 10000000                 # CUDA torch_search (fp16)
 
-Vectors are synthetic but clustered (a Gaussian mixture on the unit sphere), like real embeddings: uniform
-random vectors would make IVF look worse than it is. Width 576 = 512-d features + vtr's 64 extra dims.
+``--data realistic`` (default) builds vectors the way vtr.pipeline does: a video's stored vector is
+``[m, sqrt(1 - |m|^2), 0 x 63]`` with ``m`` the mean of its normalised frame features (here 4 frames scattered
+around a video direction; directions cluster around 2000 topics and share a common component, like CLIP
+features), and a query is ``[q, 0 x 64]`` with ``q`` a text feature near one video's direction plus a fixed
+modality-gap offset. Queries therefore never coincide with stored vectors. ``--data clustered`` is the old
+Gaussian mixture with queries = stored vectors + noise. IVF indexes are trained when they reach their
+``train_threshold`` (39 vectors per list: 40k for IVF1024), as in vtr's incremental indexing, then the rest
+is added; below it vtr keeps them in its exact pending buffer (rows with ``"pending": true``) unless
+``--force-train`` trains on what there is.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,45 +35,108 @@ def clustered(n: int, dim: int, rng: np.random.Generator, clusters: int = 2000) 
     return x
 
 
+def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    x = rng.standard_normal(shape, dtype=np.float32)
+    x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    return x
+
+
+def realistic(n: int, nq: int, feat: int, rng: np.random.Generator, frames: int = 4, topics: int = 2000,
+              chunk: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` stored vectors and ``nq`` queries built with vtr.pipeline's index_vectors / query_vectors."""
+    import torch
+
+    from vtr.pipeline import EXTRA_DIMS, index_vectors, query_vectors
+
+    common, gap = _unit(rng, (feat,)), _unit(rng, (feat,))
+    centres = _unit(rng, (topics, feat))
+    db = np.empty((n, feat + EXTRA_DIMS), np.float32)
+    first_dirs = None
+    for start in range(0, n, chunk):
+        c = min(chunk, n - start)
+        v = 0.5 * common + 0.7 * centres[rng.integers(0, topics, c)] + 0.6 * _unit(rng, (c, feat))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        spread = rng.uniform(0.4, 1.2, (c, 1, 1)).astype(np.float32)  # frame-to-frame cosine ~0.4-0.85
+        db[start:start + c] = index_vectors(torch.from_numpy(v[:, None, :] + spread * _unit(rng, (c, frames, feat))))
+        first_dirs = v if first_dirs is None else first_dirs
+    text = first_dirs[rng.integers(0, len(first_dirs), nq)] + 0.8 * _unit(rng, (nq, feat)) + 0.5 * gap
+    return db, query_vectors(torch.from_numpy(text))
+
+
 def percentiles(times: list[float]) -> dict:
     t = np.array(times) * 1e3
     return {"p50_ms": round(float(np.percentile(t, 50)), 3), "p99_ms": round(float(np.percentile(t, 99)), 3),
             "mean_ms": round(float(t.mean()), 3)}
 
 
-def bench_cpu(sizes: list[int], dim: int, factories: list[str], single: int, batch: int) -> list[dict]:
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _time_search(index, queries: np.ndarray, single: int) -> tuple[dict, float, np.ndarray]:
+    """p50/p99 of ``single`` one-query searches, ms per query of the rest as one batch, and all result ids."""
+    index.search(queries[:1], 10)  # warm-up
+    times, found = [], []
+    for q in queries[:single]:
+        t = time.perf_counter()
+        found.append(index.search(q[None], 10)[1])
+        times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    _, ids = index.search(queries[single:], 10)
+    batch_ms = (time.perf_counter() - t) * 1e3 / max(1, len(queries) - single)
+    return percentiles(times), batch_ms, np.concatenate([*found, ids])
+
+
+def bench_cpu(sizes: list[int], feat: int, data: str, factories: list[str], nprobes: list[int],
+              threads: list[int], single: int, batch: int, force_train: bool = False) -> list[dict]:
+    import faiss
+
     from vtr.index.vector_index import VectorIndex
 
     rows = []
     rng = np.random.default_rng(0)
     for n in sizes:
-        db = clustered(n, dim, rng)
-        queries = db[rng.integers(0, n, single + batch)] + 0.3 * rng.standard_normal((single + batch, dim),
-                                                                                      dtype=np.float32)
+        t0 = time.perf_counter()
+        if data == "realistic":
+            db, queries = realistic(n, single + batch, feat, rng)
+        else:
+            db = clustered(n, feat + 64, rng)
+            queries = db[rng.integers(0, n, single + batch)] + 0.3 * rng.standard_normal(
+                (single + batch, db.shape[1]), dtype=np.float32)
+        print(f"n={n}: data in {time.perf_counter() - t0:.1f} s", flush=True)
+        dim = db.shape[1]
         truth = None
-        for factory in factories:
+        for factory in sorted(factories, key=lambda f: f != "Flat"):  # Flat first: the ground truth
+            faiss.omp_set_num_threads(max(threads))
             t0 = time.perf_counter()
             index = VectorIndex(dim, factory)
-            index.add(db, np.arange(n))
-            if not index.is_trained:
+            ids = np.arange(n)
+            first = min(n, index.train_threshold) if index.needs_training else n
+            index.add(db[:first], ids[:first])  # trains here once it holds train_threshold vectors
+            if index.pending and force_train:
                 index.train_now()
+            index.add(db[first:], ids[first:])
             build_s = time.perf_counter() - t0
-            times = []
-            for q in queries[:single]:
-                t = time.perf_counter()
-                index.search(q[None], 10)
-                times.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            _, ids = index.search(queries[single:], 10)
-            batch_ms = (time.perf_counter() - t) * 1e3 / batch
-            if factory == "Flat":
-                truth = ids
-            overlap = [len(set(a) & set(b)) / 10 for a, b in zip(ids, truth, strict=True)] if truth is not None else []
-            recall = float(np.mean(overlap)) if overlap else None
-            row = {"n": n, "factory": factory, "build_s": round(build_s, 2), **percentiles(times),
-                   f"batch{batch}_ms_per_query": round(batch_ms, 3), "recall_at_10_vs_flat": recall}
-            print(row, flush=True)
-            rows.append(row)
+            settings = [None] + [p for p in nprobes if index.search_params().get("nprobe", p) != p]
+            if "nprobe" not in index.search_params():
+                settings = [None]
+            for nprobe in settings:
+                index.nprobe = nprobe
+                for nt in threads:
+                    faiss.omp_set_num_threads(nt)
+                    load = _loadavg()
+                    lat, batch_ms, found = _time_search(index, queries, single)
+                    if truth is None:
+                        truth = found
+                    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)]))
+                    row = {"n": n, "factory": factory, **index.search_params(),
+                           "default_params": nprobe is None, "threads": nt, "build_s": round(build_s, 2),
+                           "trained_on": first if index.needs_training and not index.pending else None,
+                           "pending": index.pending, **lat,
+                           f"batch{batch}_ms_per_query": round(batch_ms, 3),
+                           "recall_at_10_vs_flat": round(recall, 4), "loadavg_1_5_15": load}
+                    print(row, flush=True)
+                    rows.append(row)
             del index
     return rows
 
@@ -105,19 +176,29 @@ def bench_gpu(sizes: list[int], dim: int, batch: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
-    ap.add_argument("--dim", type=int, default=576)
-    ap.add_argument("--factories", nargs="+", default=["Flat", "IVF1024,PQ64"])
+    ap.add_argument("--dim", type=int, default=512, help="feature width (stored vectors have 64 more)")
+    ap.add_argument("--data", choices=["realistic", "clustered"], default="realistic")
+    ap.add_argument("--factories", nargs="+", default=["Flat", "IVF1024,PQ64", "IVF1024,PQ64x4fs,RFlat"])
+    ap.add_argument("--nprobes", nargs="*", type=int, default=[16, 32, 128],
+                    help="IVF nprobe values timed besides vtr's default")
+    ap.add_argument("--threads", nargs="+", type=int, default=[1], help="faiss OpenMP threads for searching")
     ap.add_argument("--single", type=int, default=100, help="single-query searches timed for p50/p99")
     ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--force-train", action="store_true", help="train IVF indexes below their train_threshold")
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     if args.gpu:
-        rows = bench_gpu(args.sizes, 512 if args.dim == 576 else args.dim, 1024 if args.batch == 100 else args.batch)
+        rows = bench_gpu(args.sizes, args.dim, 1024 if args.batch == 100 else args.batch)
         write_result(args.out, "search_speed_gpu", {"settings": vars(args), "results": rows})
     else:
-        rows = bench_cpu(args.sizes, args.dim, args.factories, args.single, args.batch)
-        write_result(args.out, "search_speed_cpu", {"settings": vars(args), "results": rows})
+        load_before, t0 = _loadavg(), time.perf_counter()
+        rows = bench_cpu(args.sizes, args.dim, args.data, args.factories, args.nprobes, args.threads, args.single,
+                         args.batch, args.force_train)
+        contention = {"loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": _loadavg(),
+                      "wall_s": round(time.perf_counter() - t0, 1)}
+        write_result(args.out, "search_speed_cpu", {"settings": vars(args), "contention": contention,
+                                                    "results": rows})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Structure (``shared/spec/videomamba.md`` sections 1 and 7):
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
@@ -198,13 +199,26 @@ class Block(nn.Module):
     def forward(
         self, hidden: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        residual = hidden.float() if residual is None else residual + self.drop_path(hidden).float()
-        normed = self.norm(residual).to(_compute_dtype(hidden))
+        if _fused_norm(hidden, self.mixer.scan_backend):
+            from vtr.encoders.triton_norm import add_rms_norm
+
+            branch = hidden if residual is None else self.drop_path(hidden)
+            normed, residual = add_rms_norm(branch, residual, self.norm.weight, self.norm.eps, _compute_dtype(hidden))
+        else:
+            residual = hidden.float() if residual is None else residual + self.drop_path(hidden).float()
+            normed = self.norm(residual).to(_compute_dtype(hidden))
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             hidden = checkpoint(self.mixer, normed, use_reentrant=False)
         else:
             hidden = self.mixer(normed)
         return hidden, residual
+
+
+def _fused_norm(t: torch.Tensor, scan_backend: str | None) -> bool:
+    """Use the fused Triton add+RMSNorm: CUDA, with the triton scan backend (``VTR_FUSED_NORM=0`` turns it off)."""
+    if not t.is_cuda or os.environ.get("VTR_FUSED_NORM", "1") == "0":
+        return False
+    return resolve_backend(scan_backend, t.device) == "triton"
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -329,7 +343,13 @@ class VideoMamba(nn.Module):
             if mask is not None and i == len(self.layers) - 1:
                 # Official quirk: the student feature is the fp32 residual entering the last block's norm.
                 aligned = residual
-        out = self.norm(residual + self.drop_path_final(hidden).float()).to(_compute_dtype(x))
+        if _fused_norm(residual, self.cfg.scan_backend):
+            from vtr.encoders.triton_norm import add_rms_norm
+
+            out = add_rms_norm(self.drop_path_final(hidden), residual, self.norm.weight, self.norm.eps,
+                               _compute_dtype(x))[0]
+        else:
+            out = self.norm(residual + self.drop_path_final(hidden).float()).to(_compute_dtype(x))
         cls, tokens = out[:, :1], out[:, 1:]
 
         n_vis = tokens.shape[1]

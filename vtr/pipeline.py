@@ -31,6 +31,7 @@ from vtr.data.sampling import segment_windows
 from vtr.data.transforms import eval_transform
 from vtr.errors import ConfigError, VideoDecodeError
 from vtr.evaluation.evaluator import resolve_device
+from vtr.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,10 @@ class SearchHit:
 class _VideoItems(Dataset):
     """One item per video: probe, cut into windows, decode each window's middle frames (workers)."""
 
-    def __init__(self, paths: Sequence[str], frames: int, size: int, segment: float | None, stride: float | None):
+    def __init__(self, paths: Sequence[str], frames: int, size: int, segment: float | None, stride: float | None,
+                 hashes: Sequence[str | None] | None = None):
         self.paths, self.frames, self.size, self.segment, self.stride = list(paths), frames, size, segment, stride
+        self.hashes = list(hashes) if hashes is not None else [None] * len(self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -102,9 +105,13 @@ class _VideoItems(Dataset):
             clips = [eval_transform(read_frames(path, self.frames, "middle",
                                                 window=None if len(windows) == 1 else w).frames, self.size)
                      for w in windows]
-            return {"i": i, "info": info, "windows": windows, "video": torch.stack(clips).half()}
+            # the content hash (catalog key for change detection) is read here, in parallel, not in the main process
+            digest = self.hashes[i] or sha256_file(path)
+            return {"i": i, "info": info, "windows": windows, "video": torch.stack(clips).half(), "sha256": digest}
         except VideoDecodeError as err:
             return {"i": i, "error": err.reason, "message": str(err)}
+        except OSError as err:  # the file vanished or became unreadable between decoding and hashing
+            return {"i": i, "error": "unreadable", "message": f"{path}: {err}"}
 
 
 class Library:
@@ -116,10 +123,10 @@ class Library:
 
     def __init__(self, home: str | os.PathLike | None = None, index: str = "default",
                  model: str | os.PathLike | None = None, device: str = "auto", db_url: str | None = None,
-                 factory: str | None = None) -> None:
+                 factory: str | None = None, nprobe: int | None = None) -> None:
         self.home, self.index_name, self.model_ref = home, index, model
         self.device = resolve_device(device)
-        self.db_url, self.factory = db_url, factory
+        self.db_url, self.factory, self.nprobe = db_url, factory, nprobe  # nprobe: IVF lists searched (None: default)
         self._model = None
 
     # ------------------------------------------------------------------ model
@@ -189,6 +196,7 @@ class Library:
         reindex: bool = False,
         retry_failed: bool = False,
         flush_every: int = 64,
+        flush_interval_s: float = 20.0,
         progress: bool = True,
         on_video: Callable[[str], None] | None = None,
     ) -> IndexReport:
@@ -197,6 +205,8 @@ class Library:
         ``segment``/``stride`` (seconds): cut videos longer than ``segment`` into windows, one vector each.
         Bad files are recorded with their reason and skipped. The catalog commits each video atomically.
         """
+        from vtr.index.store import VideoEntry
+
         t0 = time.perf_counter()
         report = IndexReport()
         model = self.model
@@ -208,36 +218,40 @@ class Library:
             report.unchanged, report.touched = len(plan.unchanged), len(plan.touched)
             report.pruned = len(plan.deleted) if plan.pruned else 0
             todo = plan.to_index
-            items = _VideoItems([p.path for p in todo], frames, model.cfg.img_size, segment, stride)
+            items = _VideoItems([p.path for p in todo], frames, model.cfg.img_size, segment, stride,
+                                hashes=[p.content_hash for p in todo])
             loader = DataLoader(items, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
                                 prefetch_factor=4 if workers else None)
             pending: list[dict[str, Any]] = []  # decoded videos waiting for a full encoder batch
-            done_since_flush = 0
+            done_since_flush, last_flush = 0, time.perf_counter()
 
             def encode_pending() -> None:
-                nonlocal done_since_flush
+                nonlocal done_since_flush, last_flush
                 if not pending:
                     return
                 clips = torch.cat([p["video"] for p in pending])
                 embeds = torch.cat([self._encode_clips(clips[i:i + batch_size])
                                     for i in range(0, len(clips), batch_size)]).float().cpu()
-                start = 0
-                for p in pending:
+                vectors = index_vectors(embeds)
+                entries, start = [], 0
+                for p in pending:  # one catalog transaction for the whole batch
                     n = len(p["windows"])
-                    e = embeds[start:start + n]
+                    entries.append(VideoEntry(p["info"], p["windows"], vectors[start:start + n],
+                                              list(embeds[start:start + n].numpy()), p["sha256"]))
                     start += n
-                    item = todo[p["i"]]
-                    store.add_video(p["info"], p["windows"], index_vectors(e), extra=list(e.numpy()),
-                                    content_hash=item.content_hash)
-                    report.indexed += 1
-                    report.segments += n
-                    done_since_flush += 1
-                    if on_video:
-                        on_video(item.path)
+                store.add_videos(entries)
+                report.indexed += len(pending)
+                report.segments += start
+                done_since_flush += len(pending)
+                if on_video:
+                    for p in pending:
+                        on_video(todo[p["i"]].path)
                 pending.clear()
-                if done_since_flush >= flush_every:
+                # Saving FAISS rewrites the whole file: do it at most every flush_interval_s (the catalog is the
+                # commit point; after a crash the index is rebuilt from it), so big libraries do not go quadratic.
+                if done_since_flush >= flush_every and time.perf_counter() - last_flush >= flush_interval_s:
                     store.flush()
-                    done_since_flush = 0
+                    done_since_flush, last_flush = 0, time.perf_counter()
 
             bar = tqdm(total=len(todo), desc="index", unit="video", file=sys.stderr, disable=not progress)
             try:
@@ -284,7 +298,7 @@ class Library:
 
     def _search_vectors(self, q: np.ndarray, k: int) -> list[list[SearchHit]]:
         with self._open_store(read_only=True) as store:
-            hits = store.search(q, k)
+            hits = store.search(q, k, nprobe=self.nprobe)
         return [[SearchHit(r + 1, h.score, h.video_path, h.start_s, h.end_s) for r, h in enumerate(row)]
                 for row in hits]
 
