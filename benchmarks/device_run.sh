@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on a CUDA machine from the repo root, with a vtr wheel in .whl/ (built by `make wheel`):
-#   bash benchmarks/device_run.sh [all|tests|encoder|scan|index|search|world|train_throughput|shapes] [ARGS...]
+#   bash benchmarks/device_run.sh [all|tests|encoder|scan|index|search|world|train_throughput|shapes|ddp] [ARGS...]
 # (ARGS go to the benchmark script)
 # Installs the wheel (no deps: torch/transformers/einops come from the machine), runs the GPU tests and
 # the encoder benchmark; logs and JSON results go to $OUT (default benchmarks/results).
@@ -41,6 +41,9 @@ workers=14, overwrite=True))" "$@"
 fi
 if [[ $what == train_throughput ]]; then
   python3 benchmarks/train_throughput.py --out "$OUT" "$@" 2>&1 | tee "$OUT/train_throughput.log"
+fi
+if [[ $what == ddp ]]; then  # a machine of several GPUs: DDP parity + a short multi-GPU run
+  python3 benchmarks/ddp_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/ddp_check.log"
 fi
 if [[ $what == shapes ]]; then  # ARGS: train_shapes.py arguments
   python3 benchmarks/train_shapes.py --out "$OUT" "$@" 2>&1 | tee "$OUT/train_shapes.log"

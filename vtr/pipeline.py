@@ -261,6 +261,8 @@ class Library:
                         store.mark_failed(path, item["error"])
                         report.failed.append({"path": path, "reason": item["error"], "error": item["message"]})
                     else:
+                        if self.device.type == "cuda":  # pinned -> GPU now (async); the batch is joined there, not
+                            item["video"] = item["video"].to(self.device, non_blocking=True)  # by a CPU copy
                         pending.append(item)
                         if sum(len(p["windows"]) for p in pending) >= batch_size:
                             encode_pending()
