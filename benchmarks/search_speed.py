@@ -88,7 +88,8 @@ def _time_search(index, queries: np.ndarray, single: int) -> tuple[dict, float, 
 
 
 def bench_cpu(sizes: list[int], feat: int, data: str, factories: list[str], nprobes: list[int],
-              threads: list[int], single: int, batch: int, force_train: bool = False) -> list[dict]:
+              k_factors: list[int], threads: list[int], single: int, batch: int,
+              force_train: bool = False) -> list[dict]:
     import faiss
 
     from vtr.index.vector_index import VectorIndex
@@ -117,11 +118,11 @@ def bench_cpu(sizes: list[int], feat: int, data: str, factories: list[str], npro
                 index.train_now()
             index.add(db[first:], ids[first:])
             build_s = time.perf_counter() - t0
-            settings = [None] + [p for p in nprobes if index.search_params().get("nprobe", p) != p]
-            if "nprobe" not in index.search_params():
-                settings = [None]
-            for nprobe in settings:
-                index.nprobe = nprobe
+            defaults = index.search_params()  # one knob at a time varied from vtr's defaults
+            settings = [(None, None)] + [(p, None) for p in nprobes if "nprobe" in defaults and p != defaults["nprobe"]]
+            settings += [(None, f) for f in k_factors if "k_factor" in defaults and f != defaults["k_factor"]]
+            for nprobe, k_factor in settings:
+                index.nprobe, index.k_factor = nprobe, k_factor
                 for nt in threads:
                     faiss.omp_set_num_threads(nt)
                     load = _loadavg()
@@ -130,7 +131,8 @@ def bench_cpu(sizes: list[int], feat: int, data: str, factories: list[str], npro
                         truth = found
                     recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)]))
                     row = {"n": n, "factory": factory, **index.search_params(),
-                           "default_params": nprobe is None, "threads": nt, "build_s": round(build_s, 2),
+                           "default_params": nprobe is None and k_factor is None, "threads": nt,
+                           "build_s": round(build_s, 2),
                            "trained_on": first if index.needs_training and not index.pending else None,
                            "pending": index.pending, **lat,
                            f"batch{batch}_ms_per_query": round(batch_ms, 3),
@@ -181,6 +183,8 @@ def main() -> None:
     ap.add_argument("--factories", nargs="+", default=["Flat", "IVF1024,PQ64", "IVF1024,PQ64x4fs,RFlat"])
     ap.add_argument("--nprobes", nargs="*", type=int, default=[16, 32, 128],
                     help="IVF nprobe values timed besides vtr's default")
+    ap.add_argument("--k-factors", nargs="*", type=int, default=[16, 32],
+                    help="refinement (,RFlat) k_factor values timed besides vtr's default")
     ap.add_argument("--threads", nargs="+", type=int, default=[1], help="faiss OpenMP threads for searching")
     ap.add_argument("--single", type=int, default=100, help="single-query searches timed for p50/p99")
     ap.add_argument("--batch", type=int, default=100)
@@ -193,8 +197,8 @@ def main() -> None:
         write_result(args.out, "search_speed_gpu", {"settings": vars(args), "results": rows})
     else:
         load_before, t0 = _loadavg(), time.perf_counter()
-        rows = bench_cpu(args.sizes, args.dim, args.data, args.factories, args.nprobes, args.threads, args.single,
-                         args.batch, args.force_train)
+        rows = bench_cpu(args.sizes, args.dim, args.data, args.factories, args.nprobes, args.k_factors, args.threads,
+                         args.single, args.batch, args.force_train)
         contention = {"loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": _loadavg(),
                       "wall_s": round(time.perf_counter() - t0, 1)}
         write_result(args.out, "search_speed_cpu", {"settings": vars(args), "contention": contention,

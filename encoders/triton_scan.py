@@ -80,6 +80,7 @@ BWD_NPART = 4  # dB, dC accumulate into this many partial buffers (fewer program
 SEG = 64  # steps between stored states (multiple of FWD_T and BWD_T)
 CONV_BL, CONV_BE = 32, 128  # H100 sweep: 2.5 / 2.2x the copy floor at Ti / M shapes (32 x 64: 3.5 / 2.8x)
 CONV_BWD_BL, CONV_BWD_BE = 16, 64
+CONV_BWD_WAVES = 8  # conv backward: programs per SM (each walks several L tiles; dw/db partial rows per program)
 
 # Test hook: when set (e.g. to NaN), every buffer the kernels must fully overwrite is pre-filled with it.
 _FILL: float | None = None
@@ -576,56 +577,81 @@ if HAS_TRITON:
     @triton.jit
     def _conv_bwd_kernel(
         x_ptr, sx_b, sx_e, sx_l, dx_ptr, sdx_b, sdx_e, sdx_l,
-        w0, b0, g0, sg0_b, sg0_e, sg0_l, dw0, db0,
-        w1, b1, g1, sg1_b, sg1_e, sg1_l, dw1, db1,
-        L, E, K: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SILU: tl.constexpr, BL: tl.constexpr, BE: tl.constexpr, EVEN_E: tl.constexpr, FAST: tl.constexpr,
+        w0, b0, g0, sg0_b, sg0_e, sg0_l, dwp0, dbp0,
+        w1, b1, g1, sg1_b, sg1_e, sg1_l, dwp1, dbp1,
+        L, E, n_lt, K: tl.constexpr, KP: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr,
+        HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BL: tl.constexpr, BE: tl.constexpr, EVEN_E: tl.constexpr,
+        FAST: tl.constexpr,
     ):
+        # grid (batch, L-splits, E-blocks): a program walks the L tiles lt = pid_s, pid_s + splits, ... of one
+        # channel block, keeps dw and db in registers and writes one partial row at the end (summed by the
+        # launcher). Per-tile float atomics on the E*K weight-gradient addresses were the cost of the old version.
         pid_b = tl.program_id(0)
-        ll = tl.program_id(1) * BL + tl.arange(0, BL)
+        pid_s = tl.program_id(1)
+        ns = tl.num_programs(1)
         ee = tl.program_id(2) * BE + tl.arange(0, BE)
         em = (ee < E) if not EVEN_E else tl.full(ee.shape, 1, tl.int1)
-        lm = ll < L
+        kk = tl.arange(0, KP)
         x_base = x_ptr + pid_b * sx_b + ee[None, :] * sx_e
-        dx = tl.zeros([BL, BE], dtype=tl.float32)
-        for dd in tl.static_range(NDIR):
-            w_ptr = w0 if dd == 0 else w1
-            bb_ptr = b0 if dd == 0 else b1
-            dw_ptr = dw0 if dd == 0 else dw1
-            db_ptr = db0 if dd == 0 else db1
-            rev = REV0 if dd == 0 else True
-            if dd == 0:
-                gy_base = g0 + pid_b * sg0_b + ee[None, :] * sg0_e
-                sg_l = sg0_l
-            else:
-                gy_base = g1 + pid_b * sg1_b + ee[None, :] * sg1_e
-                sg_l = sg1_l
-            if HAS_BIAS:
-                bias = tl.load(bb_ptr + ee, mask=em, other=0.0).to(tl.float32)
-            else:
-                bias = tl.zeros([BE], dtype=tl.float32)
-            # weight and bias grads from the gradient at this tile's own positions
-            g = _conv_grad_at(x_base, sx_l, gy_base, sg_l, w_ptr, bias, ee, em, ll, L, K, rev, SILU, FAST)
-            if HAS_BIAS:
-                tl.atomic_add(db_ptr + ee, tl.sum(g, axis=0), mask=em, sem="relaxed")
-            for k in tl.static_range(K):
-                if rev:
-                    xs = ll + (K - 1 - k)
+        if HAS_BIAS:
+            bias0 = tl.load(b0 + ee, mask=em, other=0.0).to(tl.float32)
+            bias1 = tl.load(b1 + ee, mask=em, other=0.0).to(tl.float32)
+        else:
+            bias0 = tl.zeros([BE], dtype=tl.float32)
+            bias1 = bias0
+        dwa0 = tl.zeros([BE, KP], dtype=tl.float32)
+        dwa1 = tl.zeros([BE, KP], dtype=tl.float32)
+        dba0 = tl.zeros([BE], dtype=tl.float32)
+        dba1 = tl.zeros([BE], dtype=tl.float32)
+        for lt in range(pid_s, n_lt, ns):
+            ll = lt * BL + tl.arange(0, BL)
+            lm = ll < L
+            dx = tl.zeros([BL, BE], dtype=tl.float32)
+            for dd in tl.static_range(NDIR):
+                w_ptr = w0 if dd == 0 else w1
+                bias = bias0 if dd == 0 else bias1
+                rev = REV0 if dd == 0 else True
+                if dd == 0:
+                    gy_base = g0 + pid_b * sg0_b + ee[None, :] * sg0_e
+                    sg_l = sg0_l
                 else:
-                    xs = ll - (K - 1 - k)
-                xok = (xs >= 0) & (xs < L)
-                xv = tl.load(x_base + xs[:, None] * sx_l, mask=xok[:, None] & em[None, :], other=0.0)
-                tl.atomic_add(dw_ptr + ee * K + k, tl.sum(g * xv.to(tl.float32), axis=0), mask=em, sem="relaxed")
-                # x at ll feeds the output at ll + (K-1-k) (causal) / ll - (K-1-k) (anti-causal) through w[k]
-                if rev:
-                    dst = ll - (K - 1 - k)
+                    gy_base = g1 + pid_b * sg1_b + ee[None, :] * sg1_e
+                    sg_l = sg1_l
+                # weight and bias grads from the gradient at this tile's own positions
+                g = _conv_grad_at(x_base, sx_l, gy_base, sg_l, w_ptr, bias, ee, em, ll, L, K, rev, SILU, FAST)
+                if dd == 0:
+                    dba0 += tl.sum(g, axis=0)
                 else:
-                    dst = ll + (K - 1 - k)
-                gk = _conv_grad_at(x_base, sx_l, gy_base, sg_l, w_ptr, bias, ee, em, dst, L, K, rev, SILU, FAST)
-                wk = tl.load(w_ptr + ee * K + k, mask=em, other=0.0).to(tl.float32)
-                dx += gk * wk[None, :]
-        tl.store(dx_ptr + pid_b * sdx_b + ee[None, :] * sdx_e + ll[:, None] * sdx_l,
-                 dx.to(dx_ptr.dtype.element_ty), mask=lm[:, None] & em[None, :])
+                    dba1 += tl.sum(g, axis=0)
+                for k in tl.static_range(K):
+                    if rev:
+                        xs = ll + (K - 1 - k)
+                    else:
+                        xs = ll - (K - 1 - k)
+                    xok = (xs >= 0) & (xs < L)
+                    xv = tl.load(x_base + xs[:, None] * sx_l, mask=xok[:, None] & em[None, :], other=0.0)
+                    part = tl.where(kk[None, :] == k, tl.sum(g * xv.to(tl.float32), axis=0)[:, None], 0.0)
+                    if dd == 0:
+                        dwa0 += part
+                    else:
+                        dwa1 += part
+                    # x at ll feeds the output at ll + (K-1-k) (causal) / ll - (K-1-k) (anti-causal) through w[k]
+                    if rev:
+                        dst = ll - (K - 1 - k)
+                    else:
+                        dst = ll + (K - 1 - k)
+                    gk = _conv_grad_at(x_base, sx_l, gy_base, sg_l, w_ptr, bias, ee, em, dst, L, K, rev, SILU, FAST)
+                    wk = tl.load(w_ptr + ee * K + k, mask=em, other=0.0).to(tl.float32)
+                    dx += gk * wk[None, :]
+            tl.store(dx_ptr + pid_b * sdx_b + ee[None, :] * sdx_e + ll[:, None] * sdx_l,
+                     dx.to(dx_ptr.dtype.element_ty), mask=lm[:, None] & em[None, :])
+        row = pid_b * ns + pid_s
+        wm = em[:, None] & (kk[None, :] < K)
+        tl.store(dwp0 + row * E * K + ee[:, None] * K + kk[None, :], dwa0, mask=wm)
+        tl.store(dbp0 + row * E + ee, dba0, mask=em)
+        if NDIR == 2:
+            tl.store(dwp1 + row * E * K + ee[:, None] * K + kk[None, :], dwa1, mask=wm)
+            tl.store(dbp1 + row * E + ee, dba1, mask=em)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -876,19 +902,31 @@ class _ConvFn(torch.autograd.Function):
         gys = [g if g is not None else torch.zeros_like(x) for g in gys]
         g1 = gys[1] if ndir == 2 else gys[0]
         dx = _new(batch, channels, length, x.dtype, x.device, _token_major(x))
-        dws = [torch.zeros(channels, width, dtype=torch.float32, device=x.device) for _ in range(ndir)]
-        dbs = [torch.zeros(channels, dtype=torch.float32, device=x.device) for _ in range(ndir)]
-        dw1 = dws[1] if ndir == 2 else dws[0]
-        db1 = dbs[1] if ndir == 2 else dbs[0]
-        grid = (batch, triton.cdiv(length, CONV_BWD_BL), triton.cdiv(channels, CONV_BWD_BE))
+        n_lt = triton.cdiv(length, CONV_BWD_BL)
+        n_eb = triton.cdiv(channels, CONV_BWD_BE)
+        # enough programs to fill the GPU (CONV_BWD_WAVES per SM), each walking several L tiles
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+        splits = max(1, min(n_lt, -(-CONV_BWD_WAVES * sms // max(1, batch * n_eb))))
+        dwps = [torch.empty(batch * splits, channels, width, dtype=torch.float32, device=x.device)
+                for _ in range(ndir)]
+        dbps = [torch.empty(batch * splits, channels, dtype=torch.float32, device=x.device) for _ in range(ndir)]
+        dwp1 = dwps[1] if ndir == 2 else dwps[0]
+        dbp1 = dbps[1] if ndir == 2 else dbps[0]
+        grid = (batch, splits, n_eb)
         if length:
             _conv_bwd_kernel[grid](
                 x, *x.stride(), dx, *dx.stride(),
-                w0c, w0c if b0 is None else b0, gys[0], *gys[0].stride(), dws[0], dbs[0],
-                w1c, w1c if b1 is None else b1, g1, *g1.stride(), dw1, db1,
-                length, channels, K=width, NDIR=ndir, REV0=rev0, HAS_BIAS=b0 is not None, SILU=silu,
-                BL=CONV_BWD_BL, BE=CONV_BWD_BE, EVEN_E=channels % CONV_BWD_BE == 0, FAST=_fast(), num_warps=4,
+                w0c, w0c if b0 is None else b0, gys[0], *gys[0].stride(), dwps[0], dbps[0],
+                w1c, w1c if b1 is None else b1, g1, *g1.stride(), dwp1, dbp1,
+                length, channels, n_lt, K=width, KP=_next_pow2(width), NDIR=ndir, REV0=rev0,
+                HAS_BIAS=b0 is not None, SILU=silu, BL=CONV_BWD_BL, BE=CONV_BWD_BE,
+                EVEN_E=channels % CONV_BWD_BE == 0, FAST=_fast(), num_warps=4,
             )
+            dws = [p.sum(0) for p in dwps]
+            dbs = [p.sum(0) for p in dbps]
+        else:
+            dws = [torch.zeros(channels, width, dtype=torch.float32, device=x.device) for _ in range(ndir)]
+            dbs = [torch.zeros(channels, dtype=torch.float32, device=x.device) for _ in range(ndir)]
         out = [dx]
         for k in range(2):
             if k < ndir:
