@@ -576,16 +576,17 @@ if HAS_TRITON:
 
     @triton.jit
     def _conv_bwd_kernel(
-        x_ptr, sx_b, sx_e, sx_l, dx_ptr, sdx_b, sdx_e, sdx_l,
+        x_ptr, sx_b, sx_e, sx_l, gp_ptr, sgp_d, sgp_b, sgp_e, sgp_l,
         w0, b0, g0, sg0_b, sg0_e, sg0_l, dwp0, dbp0,
         w1, b1, g1, sg1_b, sg1_e, sg1_l, dwp1, dbp1,
         L, E, n_lt, K: tl.constexpr, KP: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr,
         HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BL: tl.constexpr, BE: tl.constexpr, EVEN_E: tl.constexpr,
         FAST: tl.constexpr,
     ):
-        # grid (batch, L-splits, E-blocks): a program walks the L tiles lt = pid_s, pid_s + splits, ... of one
-        # channel block, keeps dw and db in registers and writes one partial row at the end (summed by the
-        # launcher). Per-tile float atomics on the E*K weight-gradient addresses were the cost of the old version.
+        # Pass 1 of the conv backward. grid (batch, L-splits, E-blocks): a program walks the L tiles lt = pid_s,
+        # pid_s + splits, ... of one channel block; per direction it computes the gradient of the pre-activation
+        # (recomputing the conv for SiLU' once per position), stores it for pass 2 (dx), and accumulates dw and db
+        # in registers, written as one partial row per program at the end (summed by the launcher).
         pid_b = tl.program_id(0)
         pid_s = tl.program_id(1)
         ns = tl.num_programs(1)
@@ -593,6 +594,7 @@ if HAS_TRITON:
         em = (ee < E) if not EVEN_E else tl.full(ee.shape, 1, tl.int1)
         kk = tl.arange(0, KP)
         x_base = x_ptr + pid_b * sx_b + ee[None, :] * sx_e
+        gp_base = gp_ptr + pid_b * sgp_b + ee[None, :] * sgp_e
         if HAS_BIAS:
             bias0 = tl.load(b0 + ee, mask=em, other=0.0).to(tl.float32)
             bias1 = tl.load(b1 + ee, mask=em, other=0.0).to(tl.float32)
@@ -606,7 +608,6 @@ if HAS_TRITON:
         for lt in range(pid_s, n_lt, ns):
             ll = lt * BL + tl.arange(0, BL)
             lm = ll < L
-            dx = tl.zeros([BL, BE], dtype=tl.float32)
             for dd in tl.static_range(NDIR):
                 w_ptr = w0 if dd == 0 else w1
                 bias = bias0 if dd == 0 else bias1
@@ -617,8 +618,8 @@ if HAS_TRITON:
                 else:
                     gy_base = g1 + pid_b * sg1_b + ee[None, :] * sg1_e
                     sg_l = sg1_l
-                # weight and bias grads from the gradient at this tile's own positions
                 g = _conv_grad_at(x_base, sx_l, gy_base, sg_l, w_ptr, bias, ee, em, ll, L, K, rev, SILU, FAST)
+                tl.store(gp_base + dd * sgp_d + ll[:, None] * sgp_l, g, mask=lm[:, None] & em[None, :])
                 if dd == 0:
                     dba0 += tl.sum(g, axis=0)
                 else:
@@ -635,16 +636,6 @@ if HAS_TRITON:
                         dwa0 += part
                     else:
                         dwa1 += part
-                    # x at ll feeds the output at ll + (K-1-k) (causal) / ll - (K-1-k) (anti-causal) through w[k]
-                    if rev:
-                        dst = ll - (K - 1 - k)
-                    else:
-                        dst = ll + (K - 1 - k)
-                    gk = _conv_grad_at(x_base, sx_l, gy_base, sg_l, w_ptr, bias, ee, em, dst, L, K, rev, SILU, FAST)
-                    wk = tl.load(w_ptr + ee * K + k, mask=em, other=0.0).to(tl.float32)
-                    dx += gk * wk[None, :]
-            tl.store(dx_ptr + pid_b * sdx_b + ee[None, :] * sdx_e + ll[:, None] * sdx_l,
-                     dx.to(dx_ptr.dtype.element_ty), mask=lm[:, None] & em[None, :])
         row = pid_b * ns + pid_s
         wm = em[:, None] & (kk[None, :] < K)
         tl.store(dwp0 + row * E * K + ee[:, None] * K + kk[None, :], dwa0, mask=wm)
@@ -652,6 +643,36 @@ if HAS_TRITON:
         if NDIR == 2:
             tl.store(dwp1 + row * E * K + ee[:, None] * K + kk[None, :], dwa1, mask=wm)
             tl.store(dbp1 + row * E + ee, dba1, mask=em)
+
+    @triton.jit
+    def _conv_dx_kernel(
+        gp_ptr, sgp_d, sgp_b, sgp_e, sgp_l, dx_ptr, sdx_b, sdx_e, sdx_l, w0, w1,
+        L, E, K: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr, BL: tl.constexpr, BE: tl.constexpr,
+        EVEN_E: tl.constexpr,
+    ):
+        # Pass 2: dx[l] = sum over directions and taps of w[k] * gpre[l + (K-1-k)] (causal) / [l - (K-1-k)]
+        # (anti-causal), the gradient of the pre-activation that pass 1 stored.
+        pid_b = tl.program_id(0)
+        ll = tl.program_id(1) * BL + tl.arange(0, BL)
+        ee = tl.program_id(2) * BE + tl.arange(0, BE)
+        em = (ee < E) if not EVEN_E else tl.full(ee.shape, 1, tl.int1)
+        lm = ll < L
+        gp_base = gp_ptr + pid_b * sgp_b + ee[None, :] * sgp_e
+        dx = tl.zeros([BL, BE], dtype=tl.float32)
+        for dd in tl.static_range(NDIR):
+            w_ptr = w0 if dd == 0 else w1
+            rev = REV0 if dd == 0 else True
+            for k in tl.static_range(K):
+                if rev:
+                    dst = ll - (K - 1 - k)
+                else:
+                    dst = ll + (K - 1 - k)
+                ok = (dst >= 0) & (dst < L)
+                gk = tl.load(gp_base + dd * sgp_d + dst[:, None] * sgp_l, mask=ok[:, None] & em[None, :], other=0.0)
+                wk = tl.load(w_ptr + ee * K + k, mask=em, other=0.0).to(tl.float32)
+                dx += gk * wk[None, :]
+        tl.store(dx_ptr + pid_b * sdx_b + ee[None, :] * sdx_e + ll[:, None] * sdx_l,
+                 dx.to(dx_ptr.dtype.element_ty), mask=lm[:, None] & em[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -914,13 +935,21 @@ class _ConvFn(torch.autograd.Function):
         dbp1 = dbps[1] if ndir == 2 else dbps[0]
         grid = (batch, splits, n_eb)
         if length:
+            # the pre-activation gradient of each direction, float32, laid out like x
+            tm = _token_major(x)
+            gp = (torch.empty(ndir, batch, length, channels, dtype=torch.float32, device=x.device).transpose(2, 3)
+                  if tm else torch.empty(ndir, batch, channels, length, dtype=torch.float32, device=x.device))
             _conv_bwd_kernel[grid](
-                x, *x.stride(), dx, *dx.stride(),
+                x, *x.stride(), gp, *gp.stride(),
                 w0c, w0c if b0 is None else b0, gys[0], *gys[0].stride(), dwps[0], dbps[0],
                 w1c, w1c if b1 is None else b1, g1, *g1.stride(), dwp1, dbp1,
                 length, channels, n_lt, K=width, KP=_next_pow2(width), NDIR=ndir, REV0=rev0,
                 HAS_BIAS=b0 is not None, SILU=silu, BL=CONV_BWD_BL, BE=CONV_BWD_BE,
                 EVEN_E=channels % CONV_BWD_BE == 0, FAST=_fast(), num_warps=4,
+            )
+            _conv_dx_kernel[(batch, n_lt, n_eb)](
+                gp, *gp.stride(), dx, *dx.stride(), w0c, w1c, length, channels, K=width, NDIR=ndir, REV0=rev0,
+                BL=CONV_BWD_BL, BE=CONV_BWD_BE, EVEN_E=channels % CONV_BWD_BE == 0, num_warps=4,
             )
             dws = [p.sum(0) for p in dwps]
             dbs = [p.sum(0) for p in dbps]
