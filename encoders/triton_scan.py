@@ -601,10 +601,13 @@ if HAS_TRITON:
         else:
             bias0 = tl.zeros([BE], dtype=tl.float32)
             bias1 = bias0
-        dwa0 = tl.zeros([BE, KP], dtype=tl.float32)
-        dwa1 = tl.zeros([BE, KP], dtype=tl.float32)
-        dba0 = tl.zeros([BE], dtype=tl.float32)
-        dba1 = tl.zeros([BE], dtype=tl.float32)
+        # dw and db accumulate elementwise ([BL, KP, BE] and [BL, BE] register tiles) and are reduced over L once
+        # at the end: a cross-warp reduction per tile and tap was most of this kernel's time.
+        kk3 = kk[None, :, None]
+        acc0 = tl.zeros([BL, KP, BE], dtype=tl.float32)
+        acc1 = tl.zeros([BL, KP, BE], dtype=tl.float32)
+        accb0 = tl.zeros([BL, BE], dtype=tl.float32)
+        accb1 = tl.zeros([BL, BE], dtype=tl.float32)
         for lt in range(pid_s, n_lt, ns):
             ll = lt * BL + tl.arange(0, BL)
             lm = ll < L
@@ -620,29 +623,27 @@ if HAS_TRITON:
                     sg_l = sg1_l
                 g = _conv_grad_at(x_base, sx_l, gy_base, sg_l, w_ptr, bias, ee, em, ll, L, K, rev, SILU, FAST)
                 tl.store(gp_base + dd * sgp_d + ll[:, None] * sgp_l, g, mask=lm[:, None] & em[None, :])
-                if dd == 0:
-                    dba0 += tl.sum(g, axis=0)
+                # x at the K taps feeding each position: [BL, KP, BE]
+                if rev:
+                    xs3 = ll[:, None, None] + (K - 1 - kk3)
                 else:
-                    dba1 += tl.sum(g, axis=0)
-                for k in tl.static_range(K):
-                    if rev:
-                        xs = ll + (K - 1 - k)
-                    else:
-                        xs = ll - (K - 1 - k)
-                    xok = (xs >= 0) & (xs < L)
-                    xv = tl.load(x_base + xs[:, None] * sx_l, mask=xok[:, None] & em[None, :], other=0.0)
-                    part = tl.where(kk[None, :] == k, tl.sum(g * xv.to(tl.float32), axis=0)[:, None], 0.0)
-                    if dd == 0:
-                        dwa0 += part
-                    else:
-                        dwa1 += part
+                    xs3 = ll[:, None, None] - (K - 1 - kk3)
+                ok3 = (xs3 >= 0) & (xs3 < L) & (kk3 < K) & em[None, None, :]
+                x3 = tl.load(x_base[:, None, :] + xs3 * sx_l, mask=ok3, other=0.0).to(tl.float32)
+                if dd == 0:
+                    acc0 += g[:, None, :] * x3
+                    accb0 += g
+                else:
+                    acc1 += g[:, None, :] * x3
+                    accb1 += g
         row = pid_b * ns + pid_s
-        wm = em[:, None] & (kk[None, :] < K)
-        tl.store(dwp0 + row * E * K + ee[:, None] * K + kk[None, :], dwa0, mask=wm)
-        tl.store(dbp0 + row * E + ee, dba0, mask=em)
+        wm = (kk[:, None] < K) & em[None, :]
+        w_off = row * E * K + ee[None, :] * K + kk[:, None]
+        tl.store(dwp0 + w_off, tl.sum(acc0, axis=0), mask=wm)
+        tl.store(dbp0 + row * E + ee, tl.sum(accb0, axis=0), mask=em)
         if NDIR == 2:
-            tl.store(dwp1 + row * E * K + ee[:, None] * K + kk[None, :], dwa1, mask=wm)
-            tl.store(dbp1 + row * E + ee, dba1, mask=em)
+            tl.store(dwp1 + w_off, tl.sum(acc1, axis=0), mask=wm)
+            tl.store(dbp1 + row * E + ee, tl.sum(accb1, axis=0), mask=em)
 
     @triton.jit
     def _conv_dx_kernel(
