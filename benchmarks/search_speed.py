@@ -191,6 +191,7 @@ def main() -> None:
     ap.add_argument("--force-train", action="store_true", help="train IVF indexes below their train_threshold")
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--note", default="", help="free text stored with the CPU results (e.g. what else ran)")
     args = ap.parse_args()
     if args.gpu:
         rows = bench_gpu(args.sizes, args.dim, 1024 if args.batch == 100 else args.batch)
@@ -199,10 +200,13 @@ def main() -> None:
         load_before, t0 = _loadavg(), time.perf_counter()
         rows = bench_cpu(args.sizes, args.dim, args.data, args.factories, args.nprobes, args.k_factors, args.threads,
                          args.single, args.batch, args.force_train)
+        import faiss
+
         contention = {"loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": _loadavg(),
-                      "wall_s": round(time.perf_counter() - t0, 1)}
-        write_result(args.out, "search_speed_cpu", {"settings": vars(args), "contention": contention,
-                                                    "results": rows})
+                      "wall_s": round(time.perf_counter() - t0, 1), "note": args.note}
+        versions = {"faiss": faiss.__version__, "numpy": np.__version__}
+        write_result(args.out, "search_speed_cpu", {"settings": vars(args), "versions": versions,
+                                                    "contention": contention, "results": rows})
 
 
 if __name__ == "__main__":

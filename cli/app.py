@@ -246,7 +246,8 @@ def index_cmd(
     workers: Annotated[int, typer.Option(help="Decode worker processes.")] = 2,
     batch_size: Annotated[int, typer.Option(help="Clips per encoder batch.")] = 16,
     device: DeviceOption = "auto",
-    factory: Annotated[str | None, typer.Option(help="FAISS index_factory string for a new index (Flat).")] = None,
+    factory: Annotated[str | None, typer.Option(help="FAISS index_factory string for a new index (Flat); for large "
+                                                "libraries e.g. IVF1024,PQ64x4fs,RFlat.")] = None,
     prune: Annotated[bool, typer.Option(help="Remove vectors of files that no longer exist.")] = False,
     reindex: Annotated[bool, typer.Option(help="Drop the index's vectors and re-embed (model change).")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Try files that failed before again.")] = False,
@@ -324,6 +325,8 @@ def search(
     model: ModelOption = None,
     rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="Re-score with the ITM head.")] = False,
     video: Annotated[Path | None, typer.Option(help="Find videos like this one instead.")] = None,
+    nprobe: Annotated[int | None, typer.Option(min=1, help="IVF indexes: lists searched per query (default "
+                                               "nlist/16, at least 16); more is slower and finds more.")] = None,
     from_file: Annotated[Path | None, typer.Option(help="Run every query of this file (one per line).")] = None,
     device: DeviceOption = "auto",
     db: DbOption = None,
@@ -336,7 +339,7 @@ def search(
 
     if sum(x is not None for x in (query, video, from_file)) != 1:
         raise ConfigError("give exactly one of: a QUERY, --video FILE or --from-file FILE")
-    lib = Library(home=home, index=index, model=model, device=device, db_url=db)
+    lib = Library(home=home, index=index, model=model, device=device, db_url=db, nprobe=nprobe)
     if video is not None:
         queries, results = [str(video)], [lib.search_video(video, k)]
     else:

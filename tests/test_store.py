@@ -83,8 +83,8 @@ def abandon(store: LibraryStore) -> None:
         store._lock.release()
 
 
-def top(store: LibraryStore, query: np.ndarray, k: int = 5) -> list[tuple[str, float, float]]:
-    return [(h.video_path, h.start_s, h.end_s) for h in store.search(query, k)[0]]
+def top(store: LibraryStore, query: np.ndarray, k: int = 5, **kw) -> list[tuple[str, float, float]]:
+    return [(h.video_path, h.start_s, h.end_s) for h in store.search(query, k, **kw)[0]]
 
 
 @pytest.fixture
@@ -488,6 +488,16 @@ def test_ivf_factory_trains_and_persists(library, tmp_path: Path) -> None:
     with open_store(home, factory="Flat") as store:  # another factory: rebuilt from the stored embeddings
         assert store.factory == "Flat" and store.last_check.rebuilt and store.ntotal == 178
         assert top(store, vecs(7, 1)[0], 1) == [(paths[7], 0.0, 2.0)]
+    with open_store(home, factory="IVF4,SQ8,RFlat") as store:  # refined: ids in an id map, removal deferred
+        assert store.last_check.rebuilt and not store._index.pending and store.ntotal == 178
+        store.remove_video(paths[1])
+        assert store.ntotal == 176 and paths[1] not in {h.video_path for h in store.search(vecs(1, 1), 5)[0]}
+        assert top(store, vecs(7, 1)[0], 1) == [(paths[7], 0.0, 2.0)]
+        assert store._index.search_params()["nprobe"] == 4
+        assert top(store, vecs(8, 1)[0], 1, nprobe=1) == [(paths[8], 0.0, 2.0)]
+        assert store._index.search_params()["nprobe"] == 1  # the override holds for later searches
+    with open_store(home) as store:
+        assert store.factory == "IVF4,SQ8,RFlat" and not store.last_check.changed and store.ntotal == 176
 
 
 @linux_only
