@@ -114,6 +114,19 @@ class _VideoItems(Dataset):
             return {"i": i, "error": "unreadable", "message": f"{path}: {err}"}
 
 
+def _collate_videos(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several decoded videos as one loader item: their clips in one tensor (one shared-memory transfer instead of
+    one per video) and per-video metadata."""
+    clips = [it.pop("video") for it in items if "video" in it]
+    return {"items": items, "video": torch.cat(clips) if clips else None}
+
+
+def video_loader(items: _VideoItems, workers: int, pin_memory: bool, videos_per_item: int = 8) -> DataLoader:
+    """The decode loader of :meth:`Library.index`: ``workers`` processes, ``videos_per_item`` videos per item."""
+    return DataLoader(items, batch_size=videos_per_item, num_workers=workers, pin_memory=pin_memory,
+                      collate_fn=_collate_videos, prefetch_factor=2 if workers else None)
+
+
 class Library:
     """A searchable video library in a data home: one named index, one model.
 
@@ -220,54 +233,82 @@ class Library:
             todo = plan.to_index
             items = _VideoItems([p.path for p in todo], frames, model.cfg.img_size, segment, stride,
                                 hashes=[p.content_hash for p in todo])
-            loader = DataLoader(items, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
-                                prefetch_factor=4 if workers else None)
+            loader = video_loader(items, workers, pin_memory=self.device.type == "cuda",
+                                  videos_per_item=max(1, min(8, batch_size)))
             pending: list[dict[str, Any]] = []  # decoded videos waiting for a full encoder batch
+            # A launched batch whose embeddings are still on their way back from the GPU; it is written to the
+            # catalog when the next batch has been launched, so the main process never waits on the encoder.
+            inflight: tuple[list[dict[str, Any]], torch.Tensor, Any] | None = None
             done_since_flush, last_flush = 0, time.perf_counter()
 
-            def encode_pending() -> None:
-                nonlocal done_since_flush, last_flush
-                if not pending:
+            def write_inflight() -> None:
+                nonlocal inflight, done_since_flush, last_flush
+                if inflight is None:
                     return
-                clips = torch.cat([p["video"] for p in pending])
-                embeds = torch.cat([self._encode_clips(clips[i:i + batch_size])
-                                    for i in range(0, len(clips), batch_size)]).float().cpu()
+                batch, embeds, ready = inflight
+                inflight = None
+                if ready is not None:
+                    ready.synchronize()
                 vectors = index_vectors(embeds)
                 entries, start = [], 0
-                for p in pending:  # one catalog transaction for the whole batch
+                for p in batch:  # one catalog transaction for the whole batch
                     n = len(p["windows"])
                     entries.append(VideoEntry(p["info"], p["windows"], vectors[start:start + n],
                                               list(embeds[start:start + n].numpy()), p["sha256"]))
                     start += n
                 store.add_videos(entries)
-                report.indexed += len(pending)
+                report.indexed += len(batch)
                 report.segments += start
-                done_since_flush += len(pending)
+                done_since_flush += len(batch)
                 if on_video:
-                    for p in pending:
+                    for p in batch:
                         on_video(todo[p["i"]].path)
-                pending.clear()
                 # Saving FAISS rewrites the whole file: do it at most every flush_interval_s (the catalog is the
                 # commit point; after a crash the index is rebuilt from it), so big libraries do not go quadratic.
                 if done_since_flush >= flush_every and time.perf_counter() - last_flush >= flush_interval_s:
                     store.flush()
                     done_since_flush, last_flush = 0, time.perf_counter()
 
+            def encode_pending() -> None:
+                nonlocal inflight
+                if not pending:
+                    return
+                clips = torch.cat([p.pop("video") for p in pending])
+                embeds = torch.cat([self._encode_clips(clips[i:i + batch_size])
+                                    for i in range(0, len(clips), batch_size)]).float()
+                ready = None
+                if embeds.is_cuda:  # copy back without waiting: pinned buffer + an event to wait on later
+                    host = torch.empty(embeds.shape, dtype=embeds.dtype, pin_memory=True)
+                    host.copy_(embeds, non_blocking=True)
+                    ready = torch.cuda.Event()
+                    ready.record()
+                    embeds = host
+                write_inflight()
+                inflight = (list(pending), embeds, ready)
+                pending.clear()
+
             bar = tqdm(total=len(todo), desc="index", unit="video", file=sys.stderr, disable=not progress)
             try:
-                for item in loader:
-                    if "error" in item:
-                        path = todo[item["i"]].path
-                        store.mark_failed(path, item["error"])
-                        report.failed.append({"path": path, "reason": item["error"], "error": item["message"]})
-                    else:
-                        if self.device.type == "cuda":  # pinned -> GPU now (async); the batch is joined there, not
-                            item["video"] = item["video"].to(self.device, non_blocking=True)  # by a CPU copy
-                        pending.append(item)
-                        if sum(len(p["windows"]) for p in pending) >= batch_size:
-                            encode_pending()
-                    bar.update(1)
+                for group in loader:
+                    video = group["video"]
+                    if video is not None and self.device.type == "cuda":  # pinned -> GPU now (async): the batch
+                        video = video.to(self.device, non_blocking=True)  # is joined there, not by a CPU copy
+                    start = 0
+                    for item in group["items"]:
+                        if "error" in item:
+                            path = todo[item["i"]].path
+                            store.mark_failed(path, item["error"])
+                            report.failed.append({"path": path, "reason": item["error"], "error": item["message"]})
+                        else:
+                            n = len(item["windows"])
+                            item["video"] = video[start:start + n]
+                            start += n
+                            pending.append(item)
+                            if sum(len(p["windows"]) for p in pending) >= batch_size:
+                                encode_pending()
+                        bar.update(1)
                 encode_pending()
+                write_inflight()
             finally:
                 bar.close()
                 store.flush()
