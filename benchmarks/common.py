@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import statistics
 import time
@@ -21,7 +22,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -59,6 +60,17 @@ def time_fn(fn: Callable[[], Any], device: torch.device, iters: int = 10, warmup
         sync(device)
         times.append(time.perf_counter() - t)
     return {"median_s": statistics.median(times), "min_s": min(times), "iters": iters}
+
+
+NO_FUSED_NORM = "-nofusednorm"
+
+
+def select_scan_variant(backend: str | None) -> str | None:
+    """``"<scan>-nofusednorm"`` -> ``"<scan>"`` with ``VTR_FUSED_NORM=0`` set (the fused add+RMSNorm off, to
+    measure what it buys); any other backend name -> itself with the fused norm on."""
+    off = backend is not None and backend.endswith(NO_FUSED_NORM)
+    os.environ["VTR_FUSED_NORM"] = "0" if off else "1"
+    return backend.removesuffix(NO_FUSED_NORM) if backend is not None else None
 
 
 def write_result(out_dir: str | Path, name: str, payload: dict[str, Any]) -> Path:

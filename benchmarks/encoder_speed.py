@@ -11,7 +11,6 @@ Every model and the attention baseline are measured in the same run, so ratios c
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention_vit import VIT_SIZES, create_attention_vit  # noqa: E402
-from common import time_fn, write_result  # noqa: E402
+from common import select_scan_variant, time_fn, write_result  # noqa: E402
 
 from vtr.encoders.selective_scan import available_backends  # noqa: E402
 from vtr.encoders.videomamba import create_video_encoder  # noqa: E402
@@ -30,10 +29,8 @@ def bench_one(name: str, frames: int, batch: int, backend: str | None, device: t
     torch.manual_seed(0)
     if name in VIT_SIZES:
         model = create_attention_vit(name, num_frames=frames)
-    else:  # "<backend>-nofusednorm": the same scan backend with the fused add+RMSNorm off
-        os.environ["VTR_FUSED_NORM"] = "0" if backend and backend.endswith("-nofusednorm") else "1"
-        model = create_video_encoder(name, num_frames=frames, scan_backend=backend.removesuffix("-nofusednorm")
-                                     if backend else None)
+    else:
+        model = create_video_encoder(name, num_frames=frames, scan_backend=select_scan_variant(backend))
     model = model.to(device).train(train)
     video = torch.randn(batch, frames, 3, 224, 224, device=device)
 

@@ -23,15 +23,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import time_fn, write_result  # noqa: E402
+from common import select_scan_variant, time_fn, write_result  # noqa: E402
 
 
 def bench(config: str, backend: str, batch: int, budget: float) -> dict:
     from vtr.training.config import load_config
     from vtr.training.module import RetrievalLitModule, official_param_groups
 
-    os.environ["VTR_FUSED_NORM"] = "0" if backend.endswith("-nofusednorm") else "1"
-    scan = backend.removesuffix("-nofusednorm")
+    scan = select_scan_variant(backend)
     torch.manual_seed(0)
     cfg = load_config(config, ["model.text_weights=random", "teacher.allow_random=true"])
     module = RetrievalLitModule(cfg)

@@ -924,26 +924,26 @@ class _ConvFn(torch.autograd.Function):
         gys = [g if g is not None else torch.zeros_like(x) for g in gys]
         g1 = gys[1] if ndir == 2 else gys[0]
         dx = _new(batch, channels, length, x.dtype, x.device, _token_major(x))
-        n_lt = triton.cdiv(length, CONV_BWD_BL)
-        n_eb = triton.cdiv(channels, CONV_BWD_BE)
-        # enough programs to fill the GPU (CONV_BWD_WAVES per SM), each walking several L tiles
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-        splits = max(1, min(n_lt, -(-CONV_BWD_WAVES * sms // max(1, batch * n_eb))))
-        dwps = [torch.empty(batch * splits, channels, width, dtype=torch.float32, device=x.device)
-                for _ in range(ndir)]
-        dbps = [torch.empty(batch * splits, channels, dtype=torch.float32, device=x.device) for _ in range(ndir)]
-        dwp1 = dwps[1] if ndir == 2 else dwps[0]
-        dbp1 = dbps[1] if ndir == 2 else dbps[0]
-        grid = (batch, splits, n_eb)
-        if length:
+        if not length:
+            dws = [torch.zeros(channels, width, dtype=torch.float32, device=x.device) for _ in range(ndir)]
+            dbs = [torch.zeros(channels, dtype=torch.float32, device=x.device) for _ in range(ndir)]
+        else:
+            n_lt = triton.cdiv(length, CONV_BWD_BL)
+            n_eb = triton.cdiv(channels, CONV_BWD_BE)
+            # enough programs to fill the GPU (CONV_BWD_WAVES per SM), each walking several L tiles
+            sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+            splits = max(1, min(n_lt, -(-CONV_BWD_WAVES * sms // max(1, batch * n_eb))))
+            dwps = [torch.empty(batch * splits, channels, width, dtype=torch.float32, device=x.device)
+                    for _ in range(ndir)]
+            dbps = [torch.empty(batch * splits, channels, dtype=torch.float32, device=x.device) for _ in range(ndir)]
             # the pre-activation gradient of each direction, float32, laid out like x
-            tm = _token_major(x)
             gp = (torch.empty(ndir, batch, length, channels, dtype=torch.float32, device=x.device).transpose(2, 3)
-                  if tm else torch.empty(ndir, batch, channels, length, dtype=torch.float32, device=x.device))
-            _conv_bwd_kernel[grid](
+                  if _token_major(x) else
+                  torch.empty(ndir, batch, channels, length, dtype=torch.float32, device=x.device))
+            _conv_bwd_kernel[(batch, splits, n_eb)](
                 x, *x.stride(), gp, *gp.stride(),
                 w0c, w0c if b0 is None else b0, gys[0], *gys[0].stride(), dwps[0], dbps[0],
-                w1c, w1c if b1 is None else b1, g1, *g1.stride(), dwp1, dbp1,
+                w1c, w1c if b1 is None else b1, g1, *g1.stride(), dwps[-1], dbps[-1],
                 length, channels, n_lt, K=width, KP=_next_pow2(width), NDIR=ndir, REV0=rev0,
                 HAS_BIAS=b0 is not None, SILU=silu, BL=CONV_BWD_BL, BE=CONV_BWD_BE,
                 EVEN_E=channels % CONV_BWD_BE == 0, FAST=_fast(), num_warps=4,
@@ -954,9 +954,6 @@ class _ConvFn(torch.autograd.Function):
             )
             dws = [p.sum(0) for p in dwps]
             dbs = [p.sum(0) for p in dbps]
-        else:
-            dws = [torch.zeros(channels, width, dtype=torch.float32, device=x.device) for _ in range(ndir)]
-            dbs = [torch.zeros(channels, dtype=torch.float32, device=x.device) for _ in range(ndir)]
         out = [dx]
         for k in range(2):
             if k < ndir:

@@ -199,14 +199,8 @@ class Block(nn.Module):
     def forward(
         self, hidden: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if _fused_norm(hidden, self.mixer.scan_backend):
-            from vtr.encoders.triton_norm import add_rms_norm
-
-            branch = hidden if residual is None else self.drop_path(hidden)
-            normed, residual = add_rms_norm(branch, residual, self.norm.weight, self.norm.eps, _compute_dtype(hidden))
-        else:
-            residual = hidden.float() if residual is None else residual + self.drop_path(hidden).float()
-            normed = self.norm(residual).to(_compute_dtype(hidden))
+        branch = hidden if residual is None else self.drop_path(hidden)
+        normed, residual = add_norm(self.norm, branch, residual, _compute_dtype(hidden), self.mixer.scan_backend)
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             hidden = checkpoint(self.mixer, normed, use_reentrant=False)
         else:
@@ -219,6 +213,18 @@ def _fused_norm(t: torch.Tensor, scan_backend: str | None) -> bool:
     if not t.is_cuda or os.environ.get("VTR_FUSED_NORM", "1") == "0":
         return False
     return resolve_backend(scan_backend, t.device) == "triton"
+
+
+def add_norm(norm: RMSNorm, branch: torch.Tensor, residual: torch.Tensor | None, out_dtype: torch.dtype,
+             scan_backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(norm(residual + branch) -> out_dtype, residual + branch)`` with the residual in float32 (``residual``
+    None: the branch alone). One fused Triton kernel where :func:`_fused_norm` allows, else eager PyTorch."""
+    if _fused_norm(branch, scan_backend):
+        from vtr.encoders.triton_norm import add_rms_norm
+
+        return add_rms_norm(branch, residual, norm.weight, norm.eps, out_dtype)
+    residual = branch.float() if residual is None else residual + branch.float()
+    return norm(residual).to(out_dtype), residual
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -343,13 +349,7 @@ class VideoMamba(nn.Module):
             if mask is not None and i == len(self.layers) - 1:
                 # Official quirk: the student feature is the fp32 residual entering the last block's norm.
                 aligned = residual
-        if _fused_norm(residual, self.cfg.scan_backend):
-            from vtr.encoders.triton_norm import add_rms_norm
-
-            out = add_rms_norm(self.drop_path_final(hidden), residual, self.norm.weight, self.norm.eps,
-                               _compute_dtype(x))[0]
-        else:
-            out = self.norm(residual + self.drop_path_final(hidden).float()).to(_compute_dtype(x))
+        out = add_norm(self.norm, self.drop_path_final(hidden), residual, _compute_dtype(x), self.cfg.scan_backend)[0]
         cls, tokens = out[:, :1], out[:, 1:]
 
         n_vis = tokens.shape[1]

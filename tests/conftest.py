@@ -7,8 +7,19 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from vtr.data.video_writer import write_video
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on the shared 2-core machine, threads that wait on each other make small
+    ops many times slower (training steps, many tiny sampling calls)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def id_frames(num: int, height: int = 48, width: int = 64) -> np.ndarray:

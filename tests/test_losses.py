@@ -209,15 +209,6 @@ def test_vtc_rejects_unpaired_batches():
 # ------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    """Many tiny sampling calls: intra-op threading only adds overhead (10x on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_hard_negative_weights_by_hand():
     sim = torch.tensor([[2.0, 1.0, 0.0], [0.5, 3.0, -1.0], [1.0, 1.0, 1.0]])
     ids = [4, 4, 2]

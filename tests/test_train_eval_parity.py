@@ -31,13 +31,7 @@ TINY = ["model.img_size=32", "model.num_frames=4", "model.vision.depth=2", "data
 DUPLICATED = 4  # the test clip that is copied to the end of the split
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread (shared 2-core machine); the training run and the evaluation both run under it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: the training run and the evaluation both use it
 
 
 @pytest.fixture(scope="module")

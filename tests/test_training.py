@@ -43,13 +43,7 @@ TINY = ["model.img_size=32", "model.num_frames=4", "model.vision.depth=2", "data
 NO_DROPOUT = ["model.text.hidden_dropout_prob=0", "model.text.attention_probs_dropout_prob=0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads that wait on each other are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

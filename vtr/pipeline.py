@@ -216,7 +216,8 @@ class Library:
         """Index the videos under ``paths`` (incremental: unchanged files are skipped; resumable after a crash).
 
         ``segment``/``stride`` (seconds): cut videos longer than ``segment`` into windows, one vector each.
-        Bad files are recorded with their reason and skipped. The catalog commits each video atomically.
+        Bad files are recorded with their reason and skipped. The catalog commits each encoder batch of videos
+        atomically (all or none of them).
         """
         from vtr.index.store import VideoEntry
 
