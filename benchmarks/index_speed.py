@@ -36,11 +36,12 @@ def main() -> None:
 
     import torch
 
+    from vtr.data.clips import ClipDataset, ClipRequest, clip_loader
     from vtr.data.synth import generate_world
     from vtr.index.files import walk_videos
+    from vtr.library import Library
     from vtr.model.registry import create_model, save_model_dir
     from vtr.model.retrieval import build_model, config_for
-    from vtr.pipeline import Library, _VideoItems, video_loader
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -62,9 +63,9 @@ def main() -> None:
         decode, e2e = [], []
         for r in range(args.repeats):  # alternate the two measurements: decode speed drifts on a shared host
             # decode-only: the loader `vtr index` uses (workers, videos per item), with nothing after it
-            items = _VideoItems(paths, frames, size, None, None)
-            loader = video_loader(items, args.workers, pin_memory=False,
-                                  videos_per_item=max(1, min(8, args.batch_size)))
+            items = ClipDataset([ClipRequest(p) for p in paths], frames, size, probe=True, hash_content=True,
+                                dtype=torch.float16)
+            loader = clip_loader(items, args.workers, pin_memory=False, videos_per_item=max(1, min(8, args.batch_size)))
             t0 = time.perf_counter()
             n = sum(1 for group in loader for item in group["items"] if "error" not in item)
             decode.append(n / (time.perf_counter() - t0))

@@ -3,7 +3,7 @@
     python benchmarks/search_speed.py --sizes 10000 100000 1000000 --threads 1 2   # CPU, vtr's VectorIndex
     python benchmarks/search_speed.py --gpu --sizes 1000000 10000000                 # CUDA torch_search (fp16)
 
-``--data realistic`` (default) builds vectors the way vtr.pipeline does: a video's stored vector is
+``--data realistic`` (default) builds vectors the way vtr.index.vectors does: a video's stored vector is
 ``[m, sqrt(1 - |m|^2), 0 x 63]`` with ``m`` the mean of its normalised frame features (here 4 frames scattered
 around a video direction; directions cluster around 2000 topics and share a common component, like CLIP
 features), and a query is ``[q, 0 x 64]`` with ``q`` a text feature near one video's direction plus a fixed
@@ -43,10 +43,10 @@ def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
 def realistic(n: int, nq: int, feat: int, rng: np.random.Generator, frames: int = 4, topics: int = 2000,
               chunk: int = 20000) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` stored vectors and ``nq`` queries built with vtr.pipeline's index_vectors / query_vectors."""
+    """``n`` stored vectors and ``nq`` queries built with vtr.index.vectors.index_vectors / query_vectors."""
     import torch
 
-    from vtr.pipeline import EXTRA_DIMS, index_vectors, query_vectors
+    from vtr.index.vectors import EXTRA_DIMS, index_vectors, query_vectors
 
     common, gap = _unit(rng, (feat,)), _unit(rng, (feat,))
     centres = _unit(rng, (topics, feat))

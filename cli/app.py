@@ -269,7 +269,7 @@ def index_cmd(
         if len(paths) > 1:
             raise ConfigError(f"`vtr index {action}` takes no paths (use --index NAME)")
         return _index_action(action, index, db, home, as_json)
-    from vtr.pipeline import Library
+    from vtr.library import Library
 
     lib = Library(home=home, index=index, model=model, device=device, db_url=db, factory=factory)
     report = lib.index(paths, segment=segment, stride=stride, frames=frames, workers=workers,
@@ -286,7 +286,7 @@ def index_cmd(
 
 def _index_action(action: str, index: str, db: str | None, home: Path | None, as_json: bool) -> None:
     from vtr.errors import ConfigError
-    from vtr.pipeline import Library, list_libraries, remove_library
+    from vtr.library import Library, list_libraries, remove_library
 
     if action == "list":
         libs = list_libraries(home, db_url=db)
@@ -335,7 +335,7 @@ def search(
 ) -> None:
     """Search an index: `vtr search "person chopping onions"`."""
     from vtr.errors import ConfigError
-    from vtr.pipeline import Library, read_queries
+    from vtr.library import Library, read_queries
 
     if sum(x is not None for x in (query, video, from_file)) != 1:
         raise ConfigError("give exactly one of: a QUERY, --video FILE or --from-file FILE")

@@ -21,13 +21,11 @@ stores may read meanwhile, each seeing committed snapshots (SQLite WAL).
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import re
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from vtr.data.decode import VideoInfo
-from vtr.errors import ConfigError, VideoDecodeError, VtrError
+from vtr.errors import ConfigError, IndexBusyError, IndexCorruptError, VideoDecodeError, VtrError
 from vtr.hashing import sha256_file as file_sha256
 from vtr.home import data_home
 from vtr.index.catalog import (
@@ -51,7 +49,10 @@ from vtr.index.catalog import (
     utcnow,
 )
 from vtr.index.files import VIDEO_EXTENSIONS, walk_videos
-from vtr.index.vector_index import IndexCorruptError, VectorIndex, normalize
+from vtr.index.lock import FileLock
+from vtr.index.plan import CatalogRow, Plan, PlanItem, make_plan, stat_file
+from vtr.index.vector_index import VectorIndex, normalize
+from vtr.index.vectors import stored_width
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,6 @@ _CHUNK = 500  # ids per IN (...) list
 _REBUILD_BATCH = 16384
 
 
-class IndexBusyError(VtrError):
-    """Another process is writing this index."""
-
-    exit_code = 6
-
-
 @dataclass(frozen=True)
 class Hit:
     """One search result: a segment ``[start_s, end_s)`` of ``video_path`` (a ``str`` the OS accepts)."""
@@ -93,44 +88,13 @@ class Hit:
     end_s: float
 
 
-@dataclass(frozen=True)
-class PlanItem:
-    """What :meth:`LibraryStore.plan` decided for one file (``action``: new/changed/unchanged/deleted)."""
-
-    path: str
-    action: str
-    size: int | None = None
-    mtime_ns: int | None = None
-    content_hash: str | None = None  # set when the plan had to hash the file (pass it to add_video)
-    reason: str = ""
-
-
 class VideoEntry(NamedTuple):
     """One video for :meth:`LibraryStore.add_videos` (the arguments of :meth:`LibraryStore.add_video`)."""
 
     info: VideoInfo
     segments: Sequence[tuple[float, float]]
     embeddings: np.ndarray
-    extra: Sequence[np.ndarray | None] | np.ndarray | None = None
     content_hash: str | None = None
-
-
-@dataclass
-class Plan:
-    """Per-file decisions. ``touched``: unchanged files whose mtime changed but not their content (the
-    catalog's mtime was updated). ``deleted`` files were removed from the catalog only if ``pruned``."""
-
-    new: list[PlanItem] = field(default_factory=list)
-    changed: list[PlanItem] = field(default_factory=list)
-    unchanged: list[PlanItem] = field(default_factory=list)
-    deleted: list[PlanItem] = field(default_factory=list)
-    touched: list[PlanItem] = field(default_factory=list)
-    pruned: bool = False
-
-    @property
-    def to_index(self) -> list[PlanItem]:
-        """The files to (re-)embed: new then changed."""
-        return self.new + self.changed
 
 
 @dataclass(frozen=True)
@@ -197,49 +161,6 @@ def _chunks(values: Sequence[int] | np.ndarray, size: int = _CHUNK) -> Iterable[
         yield [int(v) for v in values[start : start + size]]
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _npy_load(blob: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(blob), allow_pickle=False)
-
-
-class _FileLock:
-    """An exclusive ``flock`` on a lock file (no-op where fcntl is unavailable)."""
-
-    def __init__(self, path: Path, timeout_s: float, what: str) -> None:
-        self.path = path
-        self._fh: Any = None
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: single-writer discipline is up to the user
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+b")  # held (and locked) until release()
-        deadline = time.monotonic() + max(0.0, timeout_s)
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if time.monotonic() >= deadline:
-                    fh.close()
-                    raise IndexBusyError(
-                        f"{what} is being written by another vtr process (lock {str(path)!r}); "
-                        "wait for it to finish, or open the index read-only"
-                    ) from exc
-                time.sleep(0.05)
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            self._fh.close()  # closing the file drops the flock
-            self._fh = None
-
-
 def _faiss_path(home: Path, name: str) -> Path:
     return home / INDEX_DIR / f"{name}.faiss"
 
@@ -261,14 +182,6 @@ def _drop_video_vectors(session: Session, video_id: int) -> list[int]:
     return ids
 
 
-def _stat(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return int(st.st_size), int(st.st_mtime_ns)
-
-
 # --------------------------------------------------------------------------- the store
 
 
@@ -283,7 +196,7 @@ class LibraryStore:
         *,
         read_only: bool,
         device: str,
-        lock: _FileLock | None,
+        lock: FileLock | None,
     ) -> None:
         self.catalog = catalog
         self.home = home
@@ -318,6 +231,7 @@ class LibraryStore:
         model_name: str | None = None,
         weights_sha256: str | None = None,
         dim: int | None = None,
+        embed_dim: int | None = None,
         factory: str | None = None,
         db_url: str | None = None,
         read_only: bool = False,
@@ -332,15 +246,21 @@ class LibraryStore:
         ``reindex`` (which drops all its vectors and takes the new model). ``factory`` (FAISS factory string)
         defaults to ``"Flat"`` for a new index and to the index's own otherwise; a different one given for an
         existing index rebuilds its FAISS index from the stored embeddings (no re-embedding).
-        ``read_only`` stores never write (several may read while one process writes).
+        ``read_only`` stores never write (several may read while one process writes). ``embed_dim`` (a model's
+        feature width) may be given instead of ``dim``: the stored vectors are then
+        :func:`~vtr.index.vectors.stored_width` wide (the padded format of :mod:`vtr.index.vectors`).
         """
         _check_name(name)
+        if embed_dim is not None:
+            if dim is not None and dim != stored_width(embed_dim):
+                raise ValueError(f"dim {dim} does not match embed_dim {embed_dim} ({stored_width(embed_dim)} stored)")
+            dim = stored_width(embed_dim)
         home_path = data_home(home, create=not read_only)
         catalog = Catalog.open(home_path, db_url, read_only=read_only)
         lock = None
         try:
             if not read_only:
-                lock = _FileLock(_lock_path(home_path, name), lock_timeout_s, f"index {name!r}")
+                lock = FileLock(_lock_path(home_path, name), lock_timeout_s, f"index {name!r}")
             record = cls._prepare_record(
                 catalog, name, model_name, weights_sha256, dim, factory, read_only=read_only, reindex=reindex
             )
@@ -417,6 +337,11 @@ class LibraryStore:
                 record.faiss_checksum = None
                 record.updated_at = now
             return record
+
+    def check_model(self, model_name: str | None, weights_sha256: str | None = None, dim: int | None = None) -> None:
+        """ConfigError (with the fix) when the given model is not the one this index was built with."""
+        with self.catalog.read() as s:
+            _check_model(self._record(s), model_name, weights_sha256, dim)
 
     # ------------------------------------------------------------------ consistency
 
@@ -577,17 +502,15 @@ class LibraryStore:
         info: VideoInfo,
         segments: Sequence[tuple[float, float]],
         embeddings: np.ndarray,
-        extra: Sequence[np.ndarray | None] | np.ndarray | None = None,
         *,
         content_hash: str | None = None,
     ) -> np.ndarray:
         """Store a video's segments and their embeddings ([S, dim]) in one transaction; return the vector ids.
 
-        Replaces what the catalog held for the same path. ``extra`` (optional) holds per-segment arrays (e.g.
-        per-frame embeddings ``[T, dim]``) kept for re-ranking. ``content_hash`` is the file's sha256 when the
-        caller has it (:class:`PlanItem`); it is computed otherwise.
+        Replaces what the catalog held for the same path. ``content_hash`` is the file's sha256 when the caller
+        has it (:class:`PlanItem`); it is computed otherwise.
         """
-        return self.add_videos([VideoEntry(info, segments, embeddings, extra, content_hash)])[0]
+        return self.add_videos([VideoEntry(info, segments, embeddings, content_hash)])[0]
 
     def add_videos(self, entries: Sequence[VideoEntry]) -> list[np.ndarray]:
         """Store several videos (see :meth:`add_video`) in one transaction; return each one's vector ids.
@@ -635,8 +558,8 @@ class LibraryStore:
                 out.append(ids)
                 segment_rows += [{"video_id": video.id, "start_s": a, "end_s": b, "vector_id": int(i)}
                                  for (a, b), i in zip(p["segs"], ids, strict=True)]
-                embedding_rows += [{"vector_id": int(i), "index_id": self.index_id, "vector": p["vectors"][j].tobytes(),
-                                    "extra": p["extras"][j]} for j, i in enumerate(ids)]
+                embedding_rows += [{"vector_id": int(i), "index_id": self.index_id, "vector": p["vectors"][j].tobytes()}
+                               for j, i in enumerate(ids)]
             s.execute(sa.insert(Segment), segment_rows)
             s.execute(sa.insert(Embedding), embedding_rows)
             generation = self._bump(record, total, len(old))
@@ -656,24 +579,19 @@ class LibraryStore:
         vectors = normalize(entry.embeddings)
         if vectors.shape != (len(segs), self.dim):
             raise ValueError(f"expected embeddings of shape ({len(segs)}, {self.dim}), got {tuple(vectors.shape)}")
-        extras: list[bytes | None] = [None] * len(segs)
-        if entry.extra is not None:
-            if len(entry.extra) != len(segs):
-                raise ValueError(f"{len(entry.extra)} extra arrays for {len(segs)} segments")
-            extras = [None if e is None else _npy_bytes(np.asarray(e)) for e in entry.extra]
-        st = _stat(path)
+        st = stat_file(path)
         if st is None:
             raise VideoDecodeError(path, "missing")
         digest = entry.content_hash or file_sha256(path)
         return {"info": entry.info, "raw": raw, "display": display, "segs": segs, "vectors": vectors,
-                "extras": extras, "stat": st, "digest": digest}
+                "stat": st, "digest": digest}
 
     def mark_failed(self, path: str | os.PathLike | bytes, reason: str) -> None:
         """Record that ``path`` could not be indexed (and drop any vectors it had)."""
         self._require_writable()
         path = _abspath(path)
         raw, display = encode_path(path)
-        st = _stat(path)
+        st = stat_file(path)
         with self.catalog.write() as s:
             record = self._record(s)
             video = s.scalar(sa.select(Video).where(Video.index_id == self.index_id, Video.path_bytes == raw))
@@ -756,68 +674,23 @@ class LibraryStore:
         retry_failed: bool = False,
         extensions: Iterable[str] = VIDEO_EXTENSIONS,
     ) -> Plan:
-        """Decide, for the video files under ``paths``, what indexing has to do.
+        """Decide, for the video files under ``paths``, what indexing has to do (:func:`vtr.index.plan.make_plan`).
 
-        * new: not in the catalog;
-        * changed: size changed, or mtime changed and the content hash too (also: ``pending`` rows, and
-          ``failed`` ones with ``retry_failed``);
-        * unchanged: same size and mtime, or only the mtime changed (a writable store then updates the mtime;
-          listed in ``touched`` too). Files that failed and did not change are unchanged (not retried);
-        * deleted: in the catalog under one of ``paths`` but gone from disk; removed from the catalog only
-          with ``prune`` (``plan.pruned``).
+        A writable store records the new mtime of ``touched`` files; ``deleted`` files are removed from the
+        catalog only with ``prune`` (``plan.pruned``).
         """
         roots = [os.fsencode(_abspath(p)) for p in paths]
         files = list(walk_videos([os.fsdecode(r) for r in roots], extensions, missing_ok=True))
         with self.catalog.read() as s:
             rows = {
-                bytes(r.path_bytes): r
+                bytes(r.path_bytes): CatalogRow(r.size, r.mtime_ns, r.content_hash, r.status)
                 for r in s.execute(
                     sa.select(Video.path_bytes, Video.size, Video.mtime_ns, Video.content_hash, Video.status).where(
                         Video.index_id == self.index_id
                     )
                 )
             }
-        plan = Plan()
-        walked: set[bytes] = set()
-        for path in files:
-            raw = os.fsencode(path)
-            walked.add(raw)
-            st = _stat(path)
-            if st is None:
-                continue  # vanished since the walk
-            size, mtime_ns = st
-            row = rows.get(raw)
-            if row is None:
-                plan.new.append(PlanItem(path, "new", size, mtime_ns))
-            elif row.status == "pending":
-                plan.changed.append(PlanItem(path, "changed", size, mtime_ns, reason="pending"))
-            elif row.status == "failed" and retry_failed:
-                plan.changed.append(PlanItem(path, "changed", size, mtime_ns, reason="retry failed"))
-            elif size == row.size and mtime_ns == row.mtime_ns:
-                why = "failed before" if row.status == "failed" else ""
-                plan.unchanged.append(PlanItem(path, "unchanged", size, mtime_ns, row.content_hash, why))
-            elif size != row.size:
-                plan.changed.append(PlanItem(path, "changed", size, mtime_ns, reason="size"))
-            else:
-                try:
-                    digest = file_sha256(path)
-                except OSError:
-                    plan.changed.append(PlanItem(path, "changed", size, mtime_ns, reason="unreadable"))
-                    continue
-                if row.content_hash is not None and digest == row.content_hash:
-                    item = PlanItem(path, "unchanged", size, mtime_ns, digest, "mtime only")
-                    plan.unchanged.append(item)
-                    plan.touched.append(item)
-                else:
-                    plan.changed.append(PlanItem(path, "changed", size, mtime_ns, digest, "content"))
-        sep = os.fsencode(os.sep)
-        prefixes = [r if r.endswith(sep) else r + sep for r in roots]
-        for raw, row in rows.items():
-            if raw in walked:
-                continue
-            under = any(raw == r for r in roots) or any(raw.startswith(p) for p in prefixes)
-            if under and not os.path.lexists(raw):
-                plan.deleted.append(PlanItem(decode_path(raw), "deleted", row.size, row.mtime_ns, row.content_hash))
+        plan = make_plan(rows, files, roots, retry_failed=retry_failed, decode=decode_path)
         if not self.read_only and plan.touched:
             with self.catalog.write() as s:
                 for item in plan.touched:
@@ -853,14 +726,7 @@ class LibraryStore:
             self.check()
         stale_seen: set[int] = set()
         with self.catalog.read() as s:
-            record = self._record(s)
-            if int(record.generation) != self._generation:
-                if not self.read_only:
-                    log.warning("index %r changed under this writer; reconciling", self.name)
-                self._index, report = self._reconcile(s, self._index, self._catalog_ids(s))
-                if report.changed:
-                    self._dirty = True
-                self._generation = int(record.generation)
+            self._catch_up(s)
             if nprobe is not None:
                 self._index.nprobe = nprobe
             results: list[list[Hit]] = [[] for _ in range(len(queries))]
@@ -894,6 +760,21 @@ class LibraryStore:
                 log.warning("index %r: dropped %d stale FAISS vectors", self.name, len(stale_seen))
         return results
 
+    def catch_up(self) -> None:
+        """Bring the in-memory FAISS index up to what writers committed since this store last looked."""
+        with self.catalog.read() as s:
+            self._catch_up(s)
+
+    def _catch_up(self, s: Session) -> None:
+        record = self._record(s)
+        if int(record.generation) != self._generation:
+            if not self.read_only:
+                log.warning("index %r changed under this writer; reconciling", self.name)
+            self._index, report = self._reconcile(s, self._index, self._catalog_ids(s))
+            if report.changed:
+                self._dirty = True
+            self._generation = int(record.generation)
+
     def _segment_rows(self, s: Session, ids: np.ndarray) -> dict[int, tuple[str, float, float]]:
         rows: dict[int, tuple[str, float, float]] = {}
         for chunk in _chunks(ids):
@@ -906,30 +787,27 @@ class LibraryStore:
                 rows[int(vid)] = (decode_path(raw), float(a), float(b))
         return rows
 
-    def get_embeddings(self, vector_ids: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray | None]]:
-        """The stored (normalised) vectors ``[N, dim]`` and ``extra`` arrays of ``vector_ids``, in order.
+    def get_embeddings(self, vector_ids: Sequence[int]) -> np.ndarray:
+        """The stored (normalised) vectors ``[N, dim]`` of ``vector_ids``, in order.
 
         Raises KeyError for an id this index does not hold.
         """
         wanted = [int(i) for i in vector_ids]
-        found: dict[int, tuple[bytes, bytes | None]] = {}
+        found: dict[int, bytes] = {}
         with self.catalog.read() as s:
             for chunk in _chunks(wanted):
-                stmt = sa.select(Embedding.vector_id, Embedding.vector, Embedding.extra).where(
+                stmt = sa.select(Embedding.vector_id, Embedding.vector).where(
                     Embedding.index_id == self.index_id, Embedding.vector_id.in_(chunk)
                 )
-                for vid, vec, ext in s.execute(stmt):
-                    found[int(vid)] = (bytes(vec), None if ext is None else bytes(ext))
+                for vid, vec in s.execute(stmt):
+                    found[int(vid)] = bytes(vec)
         missing = [i for i in wanted if i not in found]
         if missing:
             raise KeyError(f"vector ids not in index {self.name!r}: {missing[:10]}")
         vectors = np.zeros((len(wanted), self.dim), np.float32)
-        extras: list[np.ndarray | None] = []
         for j, i in enumerate(wanted):
-            vec, ext = found[i]
-            vectors[j] = np.frombuffer(vec, np.float32)
-            extras.append(None if ext is None else _npy_load(ext))
-        return vectors, extras
+            vectors[j] = np.frombuffer(found[i], np.float32)
+        return vectors
 
     def status(self) -> StoreStatus:
         """Counts from one catalog snapshot, plus the sizes of the database and FAISS files."""
@@ -1079,7 +957,7 @@ def remove_index(
     home_path = data_home(home, create=False)
     if not _catalog_exists(home_path, db_url):
         return False
-    lock = _FileLock(_lock_path(home_path, name), lock_timeout_s, f"index {name!r}")
+    lock = FileLock(_lock_path(home_path, name), lock_timeout_s, f"index {name!r}")
     try:
         with Catalog.open(home_path, db_url) as catalog:
             with catalog.write() as s:

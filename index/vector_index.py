@@ -35,7 +35,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from vtr.errors import VtrError
+from vtr.errors import IndexCorruptError
+from vtr.runtime import resolve_device
+
+__all__ = ["IndexCorruptError", "VectorIndex", "normalize", "torch_search"]
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +58,6 @@ MIN_DEFAULT_NPROBE = 16
 RECOMMENDED_IVF_FACTORY = "IVF1024,PQ64x4fs,RFlat"
 # torch_search's default tile: about this many scores (Q x rows) at once (64 Mi float32 = 256 MiB).
 TORCH_TILE_SCORES = 1 << 26
-
-
-class IndexCorruptError(VtrError):
-    """A FAISS index file is missing, truncated, unreadable or not the file that was saved."""
-
-    exit_code = 5
-
-    def __init__(self, path: str | os.PathLike, detail: str) -> None:
-        self.path = os.fsdecode(os.fspath(path))
-        self.detail = detail
-        super().__init__(f"FAISS index file {self.path!r} is unusable: {detail} (it is rebuilt from the catalog)")
 
 
 _tuned = False
@@ -487,7 +479,8 @@ class VectorIndex:
                 gpu = self._gpu()
                 if gpu is not None:
                     return gpu.search(q, k)
-            if isinstance(self._inner(), faiss.IndexFlat) and _torch_cuda():  # Flat / pending buffer: exact, GPU
+            # Flat / pending buffer: exact, on the GPU
+            if isinstance(self._inner(), faiss.IndexFlat) and _torch_cuda_available():
                 return self._search_torch(q, k, "cuda")
         return self._index.search(q, k)
 
@@ -655,21 +648,18 @@ def _warn_unrefined_pq(factory: str, probe: Any) -> None:
         )
 
 
-def _torch_cuda() -> bool:
-    try:
-        import torch
+def _torch_cuda_available() -> bool:
+    import torch
 
-        return bool(torch.cuda.is_available())
-    except ImportError:  # pragma: no cover
-        return False
+    return bool(torch.cuda.is_available())
 
 
 def _resolve_device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "auto":
-        return "cuda" if _torch_cuda() or faiss_gpu_available() else "cpu"
-    return device
+    """Where FAISS searches: the torch device rule (:func:`vtr.runtime.resolve_device`), and ``auto`` also picks
+    CUDA when only faiss-gpu sees a GPU."""
+    if device == "auto" and faiss_gpu_available():
+        return "cuda"
+    return resolve_device(device).type
 
 
 # --------------------------------------------------------------------------- torch brute force

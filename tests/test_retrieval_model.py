@@ -185,13 +185,6 @@ def test_unknown_model_name_is_clear(tmp_path):
         create_model(None, home=tmp_path)
 
 
-def test_index_vector_inner_product_equals_frame_mean_cosine():
-    v = torch.randn(5, 4, 16)
-    t = torch.randn(3, 16)
-    scores = RetrievalModel.query_vector(t) @ RetrievalModel.index_vector(v).T
-    torch.testing.assert_close(scores, RetrievalModel.similarity(v, t), rtol=1e-5, atol=1e-6)
-
-
 def test_tiny_model_trains_with_teacher_forward_backward():
     from vtr.encoders.clip_teacher import create_clip_teacher
 

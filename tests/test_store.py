@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -133,17 +134,34 @@ def test_add_and_search(library) -> None:
         assert top(store, vecs(0, 1)[0], 1) == [(paths[0], 0.0, 2.0)]
 
 
-def test_extra_per_frame_embeddings_round_trip(library) -> None:
+def test_stored_embeddings_round_trip_and_no_extra_blob(library) -> None:
     home, paths = library
     with open_store(home) as store:
-        frames = [np.random.default_rng(5).standard_normal((4, DIM)).astype(np.float16), None]
-        ids = store.add_video(info(paths[0]), [(0.0, 2.0), (1.0, 3.0)], vecs(0, 2), extra=frames)
-        vectors, extras = store.get_embeddings(ids[::-1])
+        ids = store.add_video(info(paths[0]), [(0.0, 2.0), (1.0, 3.0)], vecs(0, 2))
+        vectors = store.get_embeddings(ids[::-1])
         np.testing.assert_allclose(vectors, vecs(0, 2)[::-1], atol=1e-6)
-        assert extras[0] is None and extras[1].dtype == np.float16
-        np.testing.assert_array_equal(extras[1], frames[0])
         with pytest.raises(KeyError):
             store.get_embeddings([12345])
+        with store.catalog.read() as s:  # the per-frame blob column stays in the schema but is never written
+            assert s.execute(sa.text("SELECT COUNT(*) FROM embeddings WHERE extra IS NOT NULL")).scalar() == 0
+
+
+def test_legacy_home_opens_and_searches(tmp_path: Path) -> None:
+    """A home written by the pre-redesign code (per-frame blobs stored) opens and answers as it did then."""
+    legacy = Path(__file__).parent / "data" / "legacy_home"
+    home = tmp_path / "home"
+    shutil.copytree(legacy, home)
+    expected = json.loads((legacy / "expected.json").read_text())
+    queries = np.load(legacy / "queries.npy")
+    with LibraryStore.open(home, "default", read_only=True) as store:
+        assert store.last_check.changed is False  # the old FAISS file is trusted as it is
+        got = [[[round(h.score, 6), os.path.basename(h.video_path), h.start_s, h.end_s] for h in row]
+               for row in store.search(queries, 3)]
+        assert store.status().videos == {"indexed": 4, "failed": 1, "pending": 0}
+    assert got == expected
+    with LibraryStore.open(home, "default", model_name="legacy-model", dim=queries.shape[1]) as store:
+        store.remove_video(store.search(queries[:1], 1)[0][0].video_path)  # and a writer can change it
+        assert store.ntotal == 4
 
 
 def test_failures_and_status(library, tmp_path: Path) -> None:

@@ -126,12 +126,12 @@ def _unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _vtr_vectors(n: int, nq: int, seed: int = 0, feat: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Stored vectors and text queries made as vtr.pipeline makes them (as in benchmarks/search_speed.py).
+    """Stored vectors and text queries made as vtr.index.vectors makes them (as in benchmarks/search_speed.py).
 
     A video is 4 frame features around a direction drawn from 200 topics; it is stored as
     ``[m, sqrt(1 - |m|^2), 0 x 63]`` (576-d), a query as ``[q, 0 x 64]`` with ``q`` near one video's direction.
     """
-    from vtr.pipeline import index_vectors, query_vectors
+    from vtr.index.vectors import index_vectors, query_vectors
 
     rng = np.random.default_rng(seed)
     common, gap, topics = _unit(rng, (feat,)), _unit(rng, (feat,)), _unit(rng, (200, feat))

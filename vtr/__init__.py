@@ -1,14 +1,22 @@
-"""vtr: video-text retrieval with VideoMamba and BERT."""
+"""vtr: video-text retrieval with VideoMamba and BERT.
 
-from vtr.home import set_offline as _set_offline
+The names people import: ``vtr.Library`` (index and search a video library), ``vtr.create_model`` /
+``vtr.list_models`` (the model registry). They load on first use, so ``import vtr`` (and ``vtr --help``) stays fast.
+"""
+
+from vtr.runtime import set_offline as _set_offline
 
 __version__ = "0.1.0"
+__all__ = ["Library", "create_model", "list_models"]
 
 _set_offline()
 
 
 def __getattr__(name: str):
-    # Heavy entry points load on first use, so `import vtr` (and `vtr --help`) stays fast.
+    if name == "Library":
+        from vtr.library import Library
+
+        return Library
     if name == "create_model":
         from vtr.model.registry import create_model
 

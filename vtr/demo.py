@@ -57,7 +57,7 @@ def run_demo(out_dir: str | Path, videos: int = 1000, seed: int = 0, home: str |
         summary["training"] = {k: result.get(k) for k in ("wall_s", "samples_per_s", "metrics", "model_dir")}
         console.print(f"   trained in {result.get('wall_s', 0):.0f} s; held-out {result.get('metrics')}")
 
-    from vtr.pipeline import Library
+    from vtr.library import Library
 
     test = json.loads((world_dir / "test.json").read_text())
     test_dir = out_dir / "library"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -39,3 +40,20 @@ class CheckpointError(VtrError):
     """A checkpoint file is missing, truncated or does not match the model."""
 
     exit_code = 4
+
+
+class IndexCorruptError(VtrError):
+    """A FAISS index file is missing, truncated, unreadable or not the file that was saved."""
+
+    exit_code = 5
+
+    def __init__(self, path: str | os.PathLike, detail: str) -> None:
+        self.path = os.fsdecode(os.fspath(path))
+        self.detail = detail
+        super().__init__(f"FAISS index file {self.path!r} is unusable: {detail} (it is rebuilt from the catalog)")
+
+
+class IndexBusyError(VtrError):
+    """Another process is writing this index."""
+
+    exit_code = 6

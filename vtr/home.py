@@ -22,9 +22,3 @@ def data_home(override: str | os.PathLike | None = None, create: bool = True) ->
     if create:
         home.mkdir(parents=True, exist_ok=True)
     return home
-
-
-def set_offline() -> None:
-    """vtr never downloads at run time: make the Hugging Face libraries fail fast instead of fetching."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

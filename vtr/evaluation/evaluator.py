@@ -28,6 +28,7 @@ from vtr.data.clips import ClipRequest, iter_clip_batches
 from vtr.evaluation.datasets import EvalDataset
 from vtr.evaluation.metrics import dual_softmax, retrieval_metrics
 from vtr.evaluation.rerank import rerank_topk
+from vtr.runtime import inference_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,6 @@ class VideoFeatureSet:
     failures: list[dict[str, Any]]  # videos that could not be decoded
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class RetrievalEvaluator:
     """Evaluate a :class:`~vtr.model.retrieval.RetrievalModel` on one :class:`EvalDataset`."""
 
@@ -76,10 +71,7 @@ class RetrievalEvaluator:
 
     def _prepare(self, model) -> tuple[Any, torch.device, torch.dtype]:
         device = resolve_device(self.settings.device)
-        precision = self.settings.precision
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" else "fp32"
-        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+        dtype = inference_dtype(device, self.settings.precision)
         model = model.to(device=device, dtype=dtype).eval()
         return model, device, dtype
 

@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from vtr.encoders.bert import TextEncoder, create_text_encoder, load_tokenizer, tokenize
 from vtr.encoders.videomamba import VIDEO_ENCODERS, VideoMamba, create_video_encoder
@@ -164,19 +163,6 @@ class RetrievalModel(nn.Module):
         """Text-to-video cosine scores [Nt, Nv]: mean over frames of per-frame cosine (float32, temp 1)."""
         _, sim_t2v = L.get_sim(video_embeds, text_embeds, 1.0)
         return sim_t2v
-
-    @staticmethod
-    def index_vector(video_embeds: torch.Tensor) -> torch.Tensor:
-        """[B, T, D] -> [B, D]: the mean of the L2-normalised per-frame features.
-
-        Its inner product with an L2-normalised text feature equals :meth:`similarity` exactly, so a FAISS
-        inner-product index over these vectors ranks like the official dual encoder (do not renormalise)."""
-        v = F.normalize(video_embeds.float(), dim=-1)
-        return v.mean(1) if v.dim() == 3 else v
-
-    @staticmethod
-    def query_vector(text_embeds: torch.Tensor) -> torch.Tensor:
-        return F.normalize(text_embeds.float(), dim=-1)
 
     # ------------------------------------------------------------------ training
 

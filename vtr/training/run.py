@@ -28,7 +28,8 @@ import torch
 
 from vtr.compat import ensure_torchvision
 from vtr.errors import ConfigError
-from vtr.home import data_home, set_offline
+from vtr.home import data_home
+from vtr.runtime import set_offline
 from vtr.training.config import TrainConfig, check_runnable, load_config, save_config, to_dict
 
 log = logging.getLogger(__name__)

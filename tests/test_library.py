@@ -20,9 +20,10 @@ from vtr.data.decode import read_frames
 from vtr.data.synth import generate_world
 from vtr.data.transforms import eval_transform
 from vtr.data.video_writer import write_video
+from vtr.index.vectors import index_vectors, query_vectors
+from vtr.library import Library
 from vtr.model.registry import create_model, save_model_dir
 from vtr.model.retrieval import build_model, config_for
-from vtr.pipeline import Library, index_vectors, query_vectors
 
 QUERIES = ["a red circle moves left", "a blue square grows", "a green triangle appears"]
 
@@ -72,6 +73,28 @@ def test_search_ranks_like_direct_similarity(setup, tmp_path):
     reranked = lib.search(QUERIES[0], k=3, rerank=True, rerank_candidates=4)[0]
     assert len(reranked) == 3 and all(h.dual_score is not None for h in reranked)
     assert {h.path for h in reranked} <= {h.path for h in lib.search(QUERIES[0], k=4)[0]}
+
+
+def test_library_opens_its_store_once_and_sees_new_generations(setup, tmp_path, monkeypatch):
+    """Two searches, one store open; a write by another Library is seen by the next search of the first."""
+    from vtr.index.store import LibraryStore
+
+    root, world, model_dir = setup
+    paths = sorted(world.videos_dir.glob("*.mp4"))
+    Library(home=tmp_path, model=str(model_dir), device="cpu").index(paths[:8], workers=0, progress=False)
+    opens = []
+    real_open = LibraryStore.open.__func__
+    monkeypatch.setattr(LibraryStore, "open", classmethod(lambda cls, *a, **kw: opens.append(kw) or
+                                                           real_open(cls, *a, **kw)))
+    with Library(home=tmp_path, device="cpu") as reader:  # model adopted from the index
+        first = reader.search(QUERIES[0], k=20)[0]
+        reader.search(QUERIES[1], k=20)
+        assert len(opens) == 1 and opens[0]["read_only"] and len(first) == 8
+        Library(home=tmp_path, model=str(model_dir), device="cpu").index(paths, workers=0, progress=False)
+        assert len(reader.search(QUERIES[0], k=20)[0]) == len(paths)  # caught up with the writer's generation
+        assert reader.status()["faiss_vectors"] == len(paths)
+        assert len([o for o in opens if o["read_only"]]) == 1
+    assert reader._reader is None  # closed by the with block
 
 
 def _bad_files(folder: Path, good: Path) -> dict[str, str]:

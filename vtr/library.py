@@ -1,13 +1,10 @@
-"""The index/search service: ``Library(home).index(paths)`` and ``.search(text, k)``; the CLI is a thin layer.
+"""``vtr.Library``: a searchable video library (one named index of a data home, one model).
 
-Per video (or per window of a long video) vtr stores the official dual-encoder embedding and the
-per-frame features; re-ranking re-encodes the few candidate clips with the ITM head at query time.
-
-The stored vector is ``[m, sqrt(1 - |m|^2), 0...]`` with ``m`` the mean of the L2-normalised per-frame
-features, and a text query is ``[q, 0, 0...]`` with ``q`` its normalised feature: both are unit vectors and
-their inner product is ``q . m``, exactly the official score (mean over frames of per-frame cosine), so
-FAISS's cosine search ranks like the paper's dual encoder. The padding (:data:`EXTRA_DIMS` = 64, so 512-d
-features give 576-d vectors) keeps the width divisible by the usual PQ sizes (``PQ8/16/32/48/64/96``).
+``Library(home).index(paths)`` embeds videos into the index; ``.search(text, k)`` answers queries. The library
+opens its read-only store once, on first use, and keeps it (searches catch up with what writers committed, by
+generation) until :meth:`Library.close` or the end of a ``with`` block. The CLI is a thin layer over this class.
+Re-ranking re-encodes the few candidate clips with the ITM head at query time. The stored-vector format is
+:mod:`vtr.index.vectors`.
 """
 
 from __future__ import annotations
@@ -23,35 +20,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from vtr.data.decode import probe_video, read_frames
-from vtr.data.sampling import segment_windows
+from vtr.data.clips import ClipDataset, ClipRequest, clip_loader
+from vtr.data.decode import read_frames
 from vtr.data.transforms import eval_transform
 from vtr.errors import ConfigError, VideoDecodeError
-from vtr.evaluation.evaluator import resolve_device
-from vtr.hashing import sha256_file
+from vtr.index.vectors import index_vectors, query_vectors
+from vtr.runtime import inference_dtype, resolve_device
 
 log = logging.getLogger(__name__)
-
-EXTRA_DIMS = 64
-
-
-def index_vectors(frame_embeds: torch.Tensor) -> np.ndarray:
-    """[S, T, D] projected per-frame features -> [S, D + 1] unit vectors whose inner product with
-    :func:`query_vectors` is the official frame-mean cosine."""
-    m = torch.nn.functional.normalize(frame_embeds.float(), dim=-1).mean(1)
-    rest = (1.0 - m.pow(2).sum(-1, keepdim=True)).clamp(min=0.0).sqrt()
-    pad = torch.zeros(m.shape[0], EXTRA_DIMS - 1, dtype=m.dtype, device=m.device)
-    return torch.cat([m, rest, pad], dim=-1).cpu().numpy()
-
-
-def query_vectors(text_embeds: torch.Tensor) -> np.ndarray:
-    """[Q, D] text features -> [Q, D + 1] unit queries (a zero in the extra dimension)."""
-    q = torch.nn.functional.normalize(text_embeds.float(), dim=-1)
-    return torch.cat([q, q.new_zeros(q.shape[0], EXTRA_DIMS)], dim=-1).cpu().numpy()
-
 
 @dataclass
 class IndexReport:
@@ -83,50 +61,6 @@ class SearchHit:
         return asdict(self)
 
 
-class _VideoItems(Dataset):
-    """One item per video: probe, cut into windows, decode each window's middle frames (workers)."""
-
-    def __init__(self, paths: Sequence[str], frames: int, size: int, segment: float | None, stride: float | None,
-                 hashes: Sequence[str | None] | None = None):
-        self.paths, self.frames, self.size, self.segment, self.stride = list(paths), frames, size, segment, stride
-        self.hashes = list(hashes) if hashes is not None else [None] * len(self.paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        path = self.paths[i]
-        try:
-            info = probe_video(path)
-            if self.segment and info.duration > self.segment:
-                windows = segment_windows(info.duration, self.segment, self.stride or self.segment)
-            else:
-                windows = [(0.0, float(info.duration))]
-            clips = [eval_transform(read_frames(path, self.frames, "middle",
-                                                window=None if len(windows) == 1 else w).frames, self.size)
-                     for w in windows]
-            # the content hash (catalog key for change detection) is read here, in parallel, not in the main process
-            digest = self.hashes[i] or sha256_file(path)
-            return {"i": i, "info": info, "windows": windows, "video": torch.stack(clips).half(), "sha256": digest}
-        except VideoDecodeError as err:
-            return {"i": i, "error": err.reason, "message": str(err)}
-        except OSError as err:  # the file vanished or became unreadable between decoding and hashing
-            return {"i": i, "error": "unreadable", "message": f"{path}: {err}"}
-
-
-def _collate_videos(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several decoded videos as one loader item: their clips in one tensor (one shared-memory transfer instead of
-    one per video) and per-video metadata."""
-    clips = [it.pop("video") for it in items if "video" in it]
-    return {"items": items, "video": torch.cat(clips) if clips else None}
-
-
-def video_loader(items: _VideoItems, workers: int, pin_memory: bool, videos_per_item: int = 8) -> DataLoader:
-    """The decode loader of :meth:`Library.index`: ``workers`` processes, ``videos_per_item`` videos per item."""
-    return DataLoader(items, batch_size=videos_per_item, num_workers=workers, pin_memory=pin_memory,
-                      collate_fn=_collate_videos, prefetch_factor=2 if workers else None)
-
-
 class Library:
     """A searchable video library in a data home: one named index, one model.
 
@@ -141,14 +75,38 @@ class Library:
         self.device = resolve_device(device)
         self.db_url, self.factory, self.nprobe = db_url, factory, nprobe  # nprobe: IVF lists searched (None: default)
         self._model = None
+        self._reader = None  # the read-only store: opened on first use, kept until close()
+        self._model_checked = False
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the read-only store (the model stays loaded; a later search opens the store again)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _store(self):
+        """The read-only store, opened once; each search catches up with what writers committed since."""
+        if self._reader is None:
+            self._reader = self._open_store(read_only=True, write=False)
+        return self._reader
 
     # ------------------------------------------------------------------ model
 
     def _adopt_index_model(self) -> None:
-        """With no model given, use the one the index was built with."""
+        """With no model given, use the one the index was built with; a given one must be that one."""
+        store = self._store()
         if self.model_ref is None:
-            with self._open_store(read_only=True, write=False) as store:
-                self.model_ref = store.status().model_name
+            self.model_ref = store.model_name
+        elif not self._model_checked:
+            name, sha = self._model_identity()
+            store.check_model(name, sha)
+        self._model_checked = True
 
     @property
     def model(self):
@@ -159,8 +117,7 @@ class Library:
             if not getattr(model, "weights_sha256", None):
                 raise ConfigError(f"model {self.model_ref!r} has no trained weights (a bare architecture): pass "
                                   "--model with a model directory or an installed model (vtr models list)")
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-            self._model = model.to(self.device, dtype).eval()
+            self._model = model.to(self.device, inference_dtype(self.device)).eval()
         return self._model
 
     def _model_identity(self) -> tuple[str, str | None]:
@@ -179,7 +136,7 @@ class Library:
         kw: dict[str, Any] = {}
         if write:
             name, sha = self._model_identity()
-            kw = {"model_name": name, "weights_sha256": sha, "dim": self.model.cfg.embed_dim + EXTRA_DIMS,
+            kw = {"model_name": name, "weights_sha256": sha, "embed_dim": self.model.cfg.embed_dim,
                   "factory": self.factory}
         return LibraryStore.open(self.home, self.index_name, db_url=self.db_url, read_only=read_only,
                                  reindex=reindex, device=self.device.type, **kw)
@@ -232,10 +189,11 @@ class Library:
             report.unchanged, report.touched = len(plan.unchanged), len(plan.touched)
             report.pruned = len(plan.deleted) if plan.pruned else 0
             todo = plan.to_index
-            items = _VideoItems([p.path for p in todo], frames, model.cfg.img_size, segment, stride,
-                                hashes=[p.content_hash for p in todo])
-            loader = video_loader(items, workers, pin_memory=self.device.type == "cuda",
-                                  videos_per_item=max(1, min(8, batch_size)))
+            clips = ClipDataset([ClipRequest(p.path, content_hash=p.content_hash) for p in todo], frames,
+                                model.cfg.img_size, segment=segment, stride=stride, probe=True, hash_content=True,
+                                dtype=torch.float16)
+            loader = clip_loader(clips, workers, pin_memory=self.device.type == "cuda",
+                                 videos_per_item=max(1, min(8, batch_size)))
             pending: list[dict[str, Any]] = []  # decoded videos waiting for a full encoder batch
             # A launched batch whose embeddings are still on their way back from the GPU; it is written to the
             # catalog when the next batch has been launched, so the main process never waits on the encoder.
@@ -254,8 +212,7 @@ class Library:
                 entries, start = [], 0
                 for p in batch:  # one catalog transaction for the whole batch
                     n = len(p["windows"])
-                    entries.append(VideoEntry(p["info"], p["windows"], vectors[start:start + n],
-                                              list(embeds[start:start + n].numpy()), p["sha256"]))
+                    entries.append(VideoEntry(p["info"], p["windows"], vectors[start:start + n], p["sha256"]))
                     start += n
                 store.add_videos(entries)
                 report.indexed += len(batch)
@@ -341,8 +298,7 @@ class Library:
         return self._search_vectors(query_vectors(m), k)[0]
 
     def _search_vectors(self, q: np.ndarray, k: int) -> list[list[SearchHit]]:
-        with self._open_store(read_only=True) as store:
-            hits = store.search(q, k, nprobe=self.nprobe)
+        hits = self._store().search(q, k, nprobe=self.nprobe)
         return [[SearchHit(r + 1, h.score, h.video_path, h.start_s, h.end_s) for r, h in enumerate(row)]
                 for row in hits]
 
@@ -373,8 +329,9 @@ class Library:
     # ------------------------------------------------------------------ management
 
     def status(self) -> dict[str, Any]:
-        with self._open_store(read_only=True, write=False) as store:
-            return asdict(store.status())
+        store = self._store()
+        store.catch_up()
+        return asdict(store.status())
 
 
 def list_libraries(home=None, db_url: str | None = None) -> list[dict[str, Any]]:
