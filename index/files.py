@@ -7,13 +7,11 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 
+from vtr.data.formats import VIDEO_EXTENSIONS
 from vtr.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS: frozenset[str] = frozenset(
-    {"mp4", "mkv", "webm", "mov", "avi", "m4v", "mpg", "mpeg", "wmv", "flv", "3gp", "ts"}
-)
 
 
 def has_video_extension(name: str | bytes, extensions: Iterable[str] = VIDEO_EXTENSIONS) -> bool:

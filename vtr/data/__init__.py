@@ -1,1 +1,2 @@
-"""vtr subpackage."""
+"""Video and text input: decoding, frame sampling, transforms, annotation datasets, the inference clip loader
+and the synthetic vtr-shapes world."""

@@ -37,12 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from vtr.data.datasets import build_retrieval_pairs, load_annotations, validate_annotations
+from vtr.data.formats import VIDEO_EXTENSIONS
 from vtr.errors import ConfigError
 from vtr.hashing import sha256_file
 
-VIDEO_EXTENSIONS: tuple[str, ...] = (
-    ".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ogv",
-)  # fmt: skip
+_SUFFIXES: tuple[str, ...] = tuple(f".{e}" for e in VIDEO_EXTENSIONS)  # in order of preference
 
 ANNOTATION_DIR = "anno_downstream"
 MSRVTT_CSV = "MSRVTT_JSFUSION_test.csv"
@@ -258,7 +257,7 @@ def load_csv_annotations(path: str | os.PathLike, ext: str = ".mp4") -> list[dic
         raise ConfigError(f"cannot read annotation CSV {str(path)!r}: {exc}") from None
     entries = []
     for vid, caps in captions.items():
-        name = vid if Path(vid).suffix.lower() in VIDEO_EXTENSIONS else vid + ext
+        name = vid if Path(vid).suffix.lower() in _SUFFIXES else vid + ext
         entries.append({"video": name, "caption": caps[0] if len(caps) == 1 else caps})
     return validate_annotations(entries, source=f"annotation CSV {str(path)!r}")
 
@@ -307,7 +306,7 @@ def _find_annotation(
 def _split_ext(name: str) -> tuple[str, str]:
     """``(stem, ext)`` where ``ext`` is a known video extension (lower-cased) or ''."""
     base, ext = os.path.splitext(name)
-    return (base, ext.lower()) if ext.lower() in VIDEO_EXTENSIONS else (name, "")
+    return (base, ext.lower()) if ext.lower() in _SUFFIXES else (name, "")
 
 
 class _VideoLocator:
@@ -329,7 +328,7 @@ class _VideoLocator:
             except OSError:
                 pass
             for names in stems.values():
-                names.sort(key=lambda n: (VIDEO_EXTENSIONS.index(_split_ext(n)[1]), n))
+                names.sort(key=lambda n: (_SUFFIXES.index(_split_ext(n)[1]), n))
             self._stems[folder] = stems
         return self._stems[folder]
 

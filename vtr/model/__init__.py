@@ -1,1 +1,2 @@
-"""vtr subpackage."""
+"""The retrieval model: towers + heads (``RetrievalModel``), losses, masking and the model registry
+(``create_model``)."""
