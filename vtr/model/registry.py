@@ -48,7 +48,7 @@ def save_model_dir(model: RetrievalModel, path: str | os.PathLike, source: str =
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=2))
+        (tmp / CONFIG_FILE).write_text(json.dumps(model.resolved_config().to_dict(), indent=2))
         save_model(model, str(tmp / WEIGHTS_FILE))
         info = {"vtr_version": vtr.__version__, "weights_sha256": sha256_file(tmp / WEIGHTS_FILE), "source": source,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -104,6 +104,17 @@ class RetrievalModel(nn.Module):
         self.itm_head = nn.Linear(text_width, 2)
         self._tokenizer = None
 
+    # Tower-config fields that the top-level config or the build itself sets (not saved in ``vision``/``text``).
+    _VISION_SET_BY_BUILD = ("name", "num_frames", "img_size", "scan_backend")
+    _TEXT_SET_BY_BUILD = ("name", "encoder_width", "pretrained")
+
+    def resolved_config(self) -> RetrievalConfig:
+        """``cfg`` with every tower field spelled out (not only overrides of the registry defaults), so a saved
+        model directory keeps its meaning when a registry default changes."""
+        vision = {k: v for k, v in asdict(self.vision_encoder.cfg).items() if k not in self._VISION_SET_BY_BUILD}
+        text = {k: v for k, v in asdict(self.text_encoder.config).items() if k not in self._TEXT_SET_BY_BUILD}
+        return replace(self.cfg, vision=vision, text=text)
+
     # ------------------------------------------------------------------ inputs
 
     @property
