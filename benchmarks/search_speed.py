@@ -2,6 +2,7 @@
 
     python benchmarks/search_speed.py --sizes 10000 100000 1000000 --threads 1 2   # CPU, vtr's VectorIndex
     python benchmarks/search_speed.py --gpu --sizes 1000000 10000000                 # CUDA torch_search (fp16)
+    python benchmarks/search_speed.py --library --sizes 100000                       # vtr.Library.search, end to end
 
 ``--data realistic`` (default) builds vectors the way vtr.index.vectors does: a video's stored vector is
 ``[m, sqrt(1 - |m|^2), 0 x 63]`` with ``m`` the mean of its normalised frame features (here 4 frames scattered
@@ -175,6 +176,61 @@ def bench_gpu(sizes: list[int], dim: int, batch: int) -> list[dict]:
     return rows
 
 
+def bench_library(n: int, queries: int, rng: np.random.Generator) -> list[dict]:
+    """``vtr.Library.search`` per query (text encoding included) in a loop of ``queries`` queries over ``n`` stored
+    vectors (a Flat index; a tiny random model with the MiniLM tokenizer), two ways in the same run:
+    ``reopen`` closes the library's store after every search (what every search cost before the store was kept
+    open: open = read + checksum the FAISS file + reconcile with the catalog), ``open_once`` keeps it."""
+    import tempfile
+
+    import torch
+
+    from vtr.data.decode import VideoInfo
+    from vtr.index.store import LibraryStore, VideoEntry
+    from vtr.index.vectors import index_vectors
+    from vtr.library import Library
+    from vtr.model.registry import save_model_dir
+    from vtr.model.retrieval import build_model, config_for
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        model = build_model(config_for("videomamba_t16_minilm", img_size=32, num_frames=4, vision={"depth": 1}),
+                            text_pretrained=False)
+        model_dir = save_model_dir(model, Path(tmp) / "model")
+        home, videos = Path(tmp) / "home", Path(tmp) / "videos"
+        videos.mkdir()
+        per_video, dim = 100, model.cfg.embed_dim
+        with LibraryStore.open(home, "default", model_name=str(model_dir), embed_dim=dim,
+                               weights_sha256=None) as store:
+            for v in range(n // per_video):
+                path = videos / f"v{v:05d}.mp4"
+                path.write_bytes(b"x")
+                frames = rng.standard_normal((per_video, 4, dim), dtype=np.float32)
+                info = VideoInfo(str(path), 1000, 10.0, 100.0, 32, 32, "pyav")
+                store.add_videos([VideoEntry(info, [(float(i), i + 1.0) for i in range(per_video)],
+                                             index_vectors(frames), "0" * 64)])
+        texts = [f"a shape number {i} moves left" for i in range(queries)]
+        for mode in ("reopen", "open_once"):
+            lib = Library(home=home, model=str(model_dir), device="cpu")
+            lib.search(texts[0], k=10)  # load the model and tokenizer
+            times = []
+            for t in texts:
+                t0 = time.perf_counter()
+                lib.search(t, k=10)
+                times.append(time.perf_counter() - t0)
+                if mode == "reopen":
+                    lib.close()
+            lib.close()
+            row = {"n": n, "method": f"Library.search ({mode})", "queries": queries,
+                   "p50_ms": round(float(np.percentile(times, 50)) * 1e3, 2),
+                   "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 2),
+                   "mean_ms": round(float(np.mean(times)) * 1e3, 2)}
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
@@ -190,10 +246,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--force-train", action="store_true", help="train IVF indexes below their train_threshold")
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--library", action="store_true", help="time vtr.Library.search end to end (open once vs reopen)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--note", default="", help="free text stored with the CPU results (e.g. what else ran)")
     args = ap.parse_args()
-    if args.gpu:
+    if args.library:
+        load_before = _loadavg()
+        rows = [r for n in args.sizes for r in bench_library(n, args.single, np.random.default_rng(0))]
+        write_result(args.out, "search_speed_library_cpu", {
+            "settings": vars(args), "results": rows,
+            "contention": {"loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": _loadavg(),
+                           "note": args.note}})
+    elif args.gpu:
         rows = bench_gpu(args.sizes, args.dim, 1024 if args.batch == 100 else args.batch)
         write_result(args.out, "search_speed_gpu", {"settings": vars(args), "results": rows})
     else:

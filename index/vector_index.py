@@ -124,15 +124,11 @@ def _ids_of(index: Any) -> np.ndarray:
     """The external ids ``index`` holds: an id map's, or those in an IVF index's inverted lists."""
     if isinstance(index, faiss.IndexIDMap2 | faiss.IndexIDMap):
         return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+    from faiss.contrib.inspect_tools import get_invlist
+
     ivf = faiss.extract_index_ivf(index)
-    lists = ivf.invlists
-    parts = []
-    for list_no in range(int(ivf.nlist)):
-        size = int(lists.list_size(list_no))
-        if size:
-            ptr = lists.get_ids(list_no)
-            parts.append(faiss.rev_swig_ptr(ptr, size).astype(np.int64, copy=True))
-            lists.release_ids(list_no, ptr)
+    parts = [get_invlist(ivf.invlists, list_no)[0] for list_no in range(int(ivf.nlist))
+             if ivf.invlists.list_size(list_no)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 

@@ -22,6 +22,34 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def one_faiss_thread():
+    """FAISS's OpenMP threads busy-wait: on a shared, loaded CPU k-means gets 100x slower (7 s vs 0.05 s)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def tiny_model(depth: int = 2, seed: int = 0, img_size: int = 64, num_frames: int = 4):
+    """The small retrieval model of the index/search/eval tests: VideoMamba-Ti cut to ``depth`` layers at
+    ``img_size`` px, the packaged MiniLM text tower (random heads, seeded)."""
+    from vtr.model.retrieval import build_model, config_for
+
+    torch.manual_seed(seed)
+    return build_model(config_for("videomamba_t16_minilm", img_size=img_size, num_frames=num_frames,
+                                  vision={"depth": depth}))
+
+
+def tiny_model_dir(path: Path, depth: int = 2, seed: int = 0) -> Path:
+    """:func:`tiny_model` saved as a vtr model directory at ``path``."""
+    from vtr.model.registry import save_model_dir
+
+    return save_model_dir(tiny_model(depth, seed), path)
+
+
 def id_frames(num: int, height: int = 48, width: int = 64) -> np.ndarray:
     """Gray frames whose index is readable back after lossy coding (see :func:`frame_ids`).
 

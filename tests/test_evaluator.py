@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_model, tiny_model_dir
 
 from vtr.data.decode import read_frames
 from vtr.data.synth import generate_world
@@ -17,18 +18,14 @@ from vtr.data.transforms import eval_transform
 from vtr.evaluation import evaluator as ev
 from vtr.evaluation.datasets import discover
 from vtr.evaluation.metrics import retrieval_metrics
-from vtr.model.registry import create_model, save_model_dir
-from vtr.model.retrieval import build_model, config_for
+from vtr.model.registry import create_model
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     world = generate_world(root / "world", num_videos=24, seed=5)
-    torch.manual_seed(0)
-    model = build_model(config_for("videomamba_t16_minilm", img_size=64, num_frames=4, vision={"depth": 2}))
-    path = save_model_dir(model, root / "model")
-    return root, world, path
+    return root, world, tiny_model_dir(root / "model")
 
 
 def _settings(**kw):
@@ -73,7 +70,7 @@ def test_undecodable_videos_are_reported_and_left_out(setup, tmp_path):
     ds = discover("custom", annotation=world.test_json, video_root=videos)
     broken = ds.video_paths[3]
     open(broken, "wb").close()  # zero bytes
-    model = build_model(config_for("videomamba_t16_minilm", img_size=64, num_frames=4, vision={"depth": 1}))
+    model = tiny_model(depth=1)
     report = ev.RetrievalEvaluator(ds, _settings(rerank_k=0))(model)
     assert report["num_undecodable_videos"] == 1
     assert report["undecodable_videos"][0]["video"] == broken and report["undecodable_videos"][0]["reason"] == "empty"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model, tiny_model_dir
 
 from vtr.data.decode import read_frames
 from vtr.data.synth import generate_world
@@ -23,7 +24,6 @@ from vtr.data.video_writer import write_video
 from vtr.index.vectors import index_vectors, query_vectors
 from vtr.library import Library
 from vtr.model.registry import create_model, save_model_dir
-from vtr.model.retrieval import build_model, config_for
 
 QUERIES = ["a red circle moves left", "a blue square grows", "a green triangle appears"]
 
@@ -32,9 +32,7 @@ QUERIES = ["a red circle moves left", "a blue square grows", "a green triangle a
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lib")
     world = generate_world(root / "world", num_videos=16, seed=2)
-    torch.manual_seed(0)
-    model = build_model(config_for("videomamba_t16_minilm", img_size=64, num_frames=4, vision={"depth": 2}))
-    return root, world, save_model_dir(model, root / "model")
+    return root, world, tiny_model_dir(root / "model")
 
 
 def vtr(*args: str, home: Path, **kw) -> subprocess.CompletedProcess:
@@ -161,7 +159,7 @@ def test_incremental_runs_prune_and_model_mismatch(setup, tmp_path):
     pruned = lib.index([lib_dir], workers=0, progress=False, prune=True)
     assert pruned.pruned == 1 and Library(home=home).status()["vectors"] == n - 1
     assert all(h.path != str(victims[2]) for h in lib.search("a red circle", k=n)[0])
-    other = build_model(config_for("videomamba_t16_minilm", img_size=64, num_frames=4, vision={"depth": 1}))
+    other = tiny_model(depth=1)
     other_dir = save_model_dir(other, tmp_path / "other")
     refused = vtr("index", str(lib_dir), "--model", str(other_dir), "--workers", "0", home=home)
     assert refused.returncode == 2 and "--reindex" in refused.stderr

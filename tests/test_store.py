@@ -35,15 +35,7 @@ WEIGHTS = "ab" * 32
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that takes any bytes as a name")
 
 
-@pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    """FAISS's OpenMP threads busy-wait: on a shared, loaded CPU k-means gets 100x slower (7 s vs 0.05 s)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def open_store(home: Path, **kw) -> LibraryStore:

@@ -17,15 +17,7 @@ from vtr.index.vector_index import IndexCorruptError, VectorIndex, normalize, to
 DIM = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    """FAISS's OpenMP threads busy-wait: on a shared, loaded CPU k-means gets 100x slower (7 s vs 0.05 s)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def _data(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
