@@ -96,6 +96,10 @@ class IndexRecord(Base):
     faiss_checksum: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     generation: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=0, server_default="0")
     faiss_generation: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    # v3: how videos are cut into segments (vtr.segmentation.SegmentPolicy); NULL: not recorded (built before v3)
+    segment_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    stride_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    whole_up_to_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
 
 
 class Video(Base):
@@ -251,8 +255,14 @@ def _migration_2(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_embeddings_index_id ON embeddings (index_id)")
 
 
+def _migration_3(conn: Connection) -> None:
+    """v3: each index records its segmentation policy (NULL for indexes built before)."""
+    for name in ("segment_s", "stride_s", "whole_up_to_s"):
+        _add_column(conn, "indexes", sa.Column(name, sa.Float, nullable=True))
+
+
 # version -> the function that upgrades a catalog of version - 1 to it. Append only; never edit one.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migration_1, 2: _migration_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migration_1, 2: _migration_2, 3: _migration_3}
 CURRENT_VERSION = max(MIGRATIONS)
 
 
