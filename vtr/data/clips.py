@@ -2,8 +2,9 @@
 
 One item per video. A video is optionally cut into time windows (a :class:`~vtr.segmentation.SegmentPolicy`:
 one clip per window, for indexing long videos; decoded in chunks of a bounded number of windows) and optionally
-content-hashed in the worker (the catalog's change key). Bad files come back as an ``error`` item with the typed reason, never raised. Items can be grouped several per
-loader item (one shared-memory transfer instead of one per video).
+content-hashed in the worker (the catalog's change key). Bad files come back as an ``error`` item with the typed
+reason, never raised. Items can be grouped several per loader item (one shared-memory transfer instead of one per
+video).
 """
 
 from __future__ import annotations
