@@ -207,14 +207,6 @@ def test_long_video_is_split_by_default_and_the_event_is_found(library_dir, tmp_
     assert len(collapsed) < len(windows)
     assert len({(h.path, h.start_s) for h in collapsed}) == len(collapsed)
 
-    # decoded in chunks of 5 windows or all at once: the same vectors
-    whole = palette_library(tmp_path / "h2")
-    whole.index([library_dir.folder], workers=0, progress=False, max_windows=1000)
-    a = lib.search(f"a {TARGET} shape", k=100, all_windows=True)[0]
-    b = whole.search(f"a {TARGET} shape", k=100, all_windows=True)[0]
-    assert [(h.path, h.start_s, h.end_s) for h in a] == [(h.path, h.start_s, h.end_s) for h in b]
-    np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-6)
-
 
 def test_changed_policy_needs_reindex(library_dir, tmp_path):
     home = tmp_path / "h"
@@ -259,6 +251,7 @@ def test_a_video_failing_midway_is_committed_not_at_all(library_dir, tmp_path, m
     assert status["videos"]["failed"] == 1
 
 
+@pytest.mark.slow  # ~15 s on a quiet 2-core CPU (two CLI start-ups); the in-process refusal is tested above
 def test_cli_refuses_a_policy_change_in_one_line(library_dir, tmp_path):
     """Through the command line: index status shows the policy, `--segment 0` on it is refused (exit 2)."""
     from vtr.model.registry import save_model_dir
@@ -309,22 +302,22 @@ print(out)
 
 
 def test_decoding_memory_does_not_grow_with_video_length(tmp_path):
-    """Peak RSS of decoding a 120-window video stays within a fixed bound of a 16-window one.
+    """Peak RSS of decoding an 80-window video stays within a fixed bound of a 16-window one.
 
-    All windows at once (the old loader) would hold 120 x 8 x 3 x 160 x 160 floats (~290 MB as float32, plus the
-    float16 copy); in chunks of 8 windows the clips in memory never exceed ~10 MB.
+    All windows at once (the old loader) would hold 80 x 8 x 3 x 160 x 160 floats (~200 MB as float32, plus the
+    stacked copy and the float16 one); in chunks of 8 windows the clips in memory never exceed ~40 MB.
     """
     rng = np.random.default_rng(0)
     short = write_video(tmp_path / "short.mp4", rng.integers(0, 255, (64, 64, 64, 3), dtype=np.uint8), fps=FPS)
-    long = write_video(tmp_path / "long.mp4", rng.integers(0, 255, (480, 64, 64, 3), dtype=np.uint8), fps=FPS)
+    long = write_video(tmp_path / "long.mp4", rng.integers(0, 255, (320, 64, 64, 3), dtype=np.uint8), fps=FPS)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-c", _PEAK, str(short), str(long)], capture_output=True, text=True,
                          env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     (n_short, big_short, peak_short), (n_long, big_long, peak_long) = eval(run.stdout.strip().splitlines()[-1])
-    assert (n_short, n_long) == (16, 120)
+    assert (n_short, n_long) == (16, 80)
     assert big_short <= 8 and big_long <= 8  # no loader item holds more than one chunk's clips
-    assert peak_long - peak_short < 60, (peak_short, peak_long)  # MB; all at once would add ~400 MB
+    assert peak_long - peak_short < 60, (peak_short, peak_long)  # MB; all at once adds ~400 MB (notes/issue-20.md)
 
 
 def test_whole_clip_item_joins_its_chunks(library_dir):
