@@ -350,7 +350,16 @@ class LibraryStore:
     def segment_policy(self) -> SegmentPolicy | None:
         """How this index cuts videos into segments (None: not recorded, an index built before vtr did)."""
         with self.catalog.read() as s:
-            return _policy_of(self._record(s))
+            return self._policy(s)
+
+    def _policy(self, s: Session) -> SegmentPolicy | None:
+        if self.catalog.schema < 3:  # a read-only store over a catalog from before policies were recorded
+            return None
+        row = s.execute(sa.select(IndexRecord.segment_s, IndexRecord.stride_s, IndexRecord.whole_up_to_s)
+                        .where(IndexRecord.id == self.index_id)).one_or_none()
+        if row is None or row[0] is None:
+            return None
+        return SegmentPolicy(float(row[0]), float(row[1] or 0.0), float(row[2] or 0.0))
 
     def set_segment_policy(self, policy: SegmentPolicy) -> None:
         """Record ``policy`` (the caller checks it may change: see :func:`vtr.segmentation.settle_policy`)."""
@@ -865,7 +874,7 @@ class LibraryStore:
             version = int(s.execute(sa.text("SELECT MAX(version) FROM schema_version")).scalar() or 0)
             model, weights = record.model_name, record.weights_sha256
             dim, factory = record.embedding_dim, record.factory
-            policy = _policy_of(record)
+            policy = self._policy(s)
         try:
             faiss_bytes: int | None = self.faiss_path.stat().st_size
         except OSError:
@@ -933,12 +942,6 @@ def _check_model(record: IndexRecord, model_name: str | None, weights_sha256: st
             f"{f', {dim}-d' if dim is not None else ''}): embeddings of different models cannot be mixed. "
             "Re-run with --reindex to rebuild the index with the new model, or use another index name"
         )
-
-
-def _policy_of(record: IndexRecord) -> SegmentPolicy | None:
-    if record.segment_s is None:
-        return None
-    return SegmentPolicy(float(record.segment_s), float(record.stride_s or 0.0), float(record.whole_up_to_s or 0.0))
 
 
 def _reset_index(s: Session, record: IndexRecord) -> None:
