@@ -184,7 +184,7 @@ def test_collapse_keeps_the_best_window_of_each_moment():
 
 def test_long_video_is_split_by_default_and_the_event_is_found(library_dir, tmp_path):
     lib = palette_library(tmp_path / "h")
-    report = lib.index([library_dir.folder], workers=0, progress=False, max_windows=5)
+    report = lib.index([library_dir.folder], workers=2, progress=False, max_windows=5)  # chunks from 2 processes
     policy = default_policy(8)
     expected = len(policy.windows(library_dir.duration))
     assert library_dir.duration > 170 and expected > 30
@@ -331,3 +331,19 @@ def test_whole_clip_item_joins_its_chunks(library_dir):
     torch.testing.assert_close(a["video"], b["video"])
     clip = eval_transform(read_frames(library_dir.long, 2, "middle", window=a["windows"][4]).frames, 32)
     torch.testing.assert_close(a["video"][4], clip)
+
+
+def test_progress_counts_segments_and_estimates_the_rest():
+    from vtr.index_progress import IndexProgress
+
+    bar = IndexProgress(4, enable=False)
+    assert bar.estimated_total() == 4  # nothing probed yet: one segment a video
+    bar.video_seen(36)  # a long video
+    assert bar.estimated_total() == 36 * 4
+    bar.video_seen(0)  # a failure
+    bar.video_seen(1)
+    assert bar.estimated_total() == 37 + round(37 / 3)
+    bar.segments_done(37)
+    bar.video_done()
+    assert bar.segments == 37 and bar.videos_done == 1
+    bar.close()

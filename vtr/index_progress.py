@@ -21,6 +21,7 @@ class IndexProgress:
         self.seen = 0  # videos whose segment count is known (first chunk or failure arrived)
         self.known = 0  # segments of those videos
         self.videos_done = 0
+        self.segments = 0  # segments decoded so far
         self.bar = tqdm(total=self.videos, desc="index", unit="seg", file=sys.stderr, disable=not enable,
                         dynamic_ncols=True)
         self._postfix()
@@ -38,10 +39,11 @@ class IndexProgress:
         """A video was probed: it has ``segments`` segments (0: it failed)."""
         self.seen += 1
         self.known += int(segments)
-        self.bar.total = max(self.estimated_total(), int(self.bar.n))
+        self.bar.total = max(self.estimated_total(), self.segments)
         self._postfix()
 
     def segments_done(self, n: int) -> None:
+        self.segments += int(n)
         self.bar.update(int(n))
 
     def video_done(self) -> None:
