@@ -240,7 +240,9 @@ def index_cmd(
         help="Video files or folders (walked recursively); or one of: status, list, remove.")] = None,
     model: ModelOption = None,
     index: IndexOption = "default",
-    segment: Annotated[float | None, typer.Option(help="Cut videos longer than this (s) into windows.")] = None,
+    segment: Annotated[float | None, typer.Option(help="Cut videos longer than this (s) into windows of this length "
+                                                "(0: whole videos). Default: the index's policy, else ~10 s windows "
+                                                "for videos over ~30 s (see `vtr index status`).")] = None,
     stride: Annotated[float | None, typer.Option(help="Window stride in seconds (default: --segment).")] = None,
     frames: Annotated[int | None, typer.Option(help="Frames per clip (default: the model's).")] = None,
     workers: Annotated[int, typer.Option(help="Decode worker processes.")] = 2,
@@ -280,6 +282,8 @@ def index_cmd(
     out.print(f"indexed {report.indexed} videos ({report.segments} segments) in {report.wall_s} s "
               f"({report.videos_per_s} videos/s); unchanged {report.unchanged}, failed {len(report.failed)}, "
               f"pruned {report.pruned}")
+    if report.segmentation:
+        out.print(f"segments: {report.segmentation['description']}")
     for f in report.failed[:20]:
         err.print(f"[yellow]skipped[/yellow] {f['path']}: {f['reason']}")
 
@@ -309,7 +313,9 @@ def _index_action(action: str, index: str, db: str | None, home: Path | None, as
             emit_json(status)
             return
         for key, value in status.items():
-            if key == "failures":
+            if key == "segmentation":
+                out.print(f"[bold]segmentation[/bold]: {value['description'] if value else 'not recorded'}")
+            elif key == "failures":
                 out.print(f"[bold]failures[/bold]: {len(value)}")
                 for path, reason in value[:20]:
                     out.print(f"  {path}: {reason}")
@@ -328,6 +334,9 @@ def search(
     nprobe: Annotated[int | None, typer.Option(min=1, help="IVF indexes: lists searched per query (default "
                                                "nlist/16, at least 16); more is slower and finds more.")] = None,
     from_file: Annotated[Path | None, typer.Option(help="Run every query of this file (one per line).")] = None,
+    all_windows: Annotated[bool, typer.Option("--all-windows", help="List every matching window of long videos "
+                                              "(default: neighbouring windows are one hit, the best one's span).")
+                           ] = False,
     device: DeviceOption = "auto",
     db: DbOption = None,
     home: HomeOption = None,
@@ -341,10 +350,10 @@ def search(
         raise ConfigError("give exactly one of: a QUERY, --video FILE or --from-file FILE")
     lib = Library(home=home, index=index, model=model, device=device, db_url=db, nprobe=nprobe)
     if video is not None:
-        queries, results = [str(video)], [lib.search_video(video, k)]
+        queries, results = [str(video)], [lib.search_video(video, k, all_windows=all_windows)]
     else:
         queries = read_queries(from_file) if from_file else [query]
-        results = lib.search(queries, k=k, rerank=rerank)
+        results = lib.search(queries, k=k, rerank=rerank, all_windows=all_windows)
     if as_json:
         rows = [{"query": q, "results": [h.to_dict() for h in hits]} for q, hits in zip(queries, results, strict=True)]
         emit_json(rows[0]["results"] if len(rows) == 1 else rows)

@@ -96,6 +96,11 @@ class IndexRecord(Base):
     faiss_checksum: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     generation: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=0, server_default="0")
     faiss_generation: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    # v3: how videos are cut into segments (vtr.segmentation.SegmentPolicy); NULL: not recorded (built before v3).
+    # Deferred: a read-only opener may read a v2 catalog (it never migrates), where these columns do not exist.
+    segment_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True, deferred=True)
+    stride_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True, deferred=True)
+    whole_up_to_s: Mapped[float | None] = mapped_column(sa.Float, nullable=True, deferred=True)
 
 
 class Video(Base):
@@ -251,9 +256,17 @@ def _migration_2(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_embeddings_index_id ON embeddings (index_id)")
 
 
+def _migration_3(conn: Connection) -> None:
+    """v3: each index records its segmentation policy (NULL for indexes built before)."""
+    for name in ("segment_s", "stride_s", "whole_up_to_s"):
+        _add_column(conn, "indexes", sa.Column(name, sa.Float, nullable=True))
+
+
 # version -> the function that upgrades a catalog of version - 1 to it. Append only; never edit one.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migration_1, 2: _migration_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migration_1, 2: _migration_2, 3: _migration_3}
 CURRENT_VERSION = max(MIGRATIONS)
+# The oldest schema a read-only opener reads as it is (v3 only added nullable, deferred columns).
+MIN_READ_VERSION = 2
 
 
 def schema_version(conn: Connection) -> int:
@@ -350,10 +363,12 @@ class Catalog:
     Use :meth:`open`. ``read_only`` catalogs refuse writes (SQLite ``query_only``) and do not migrate.
     """
 
-    def __init__(self, engine: Engine, *, path: Path | None = None, read_only: bool = False) -> None:
+    def __init__(self, engine: Engine, *, path: Path | None = None, read_only: bool = False,
+                 schema: int = CURRENT_VERSION) -> None:
         self.engine = engine
         self.path = path
         self.read_only = read_only
+        self.schema = schema  # the schema version this catalog had when opened (read-only: maybe older)
         self._writer = engine.execution_options(vtr_begin="BEGIN IMMEDIATE")
 
     @classmethod
@@ -374,11 +389,12 @@ class Catalog:
             engine = create_catalog_engine(path=path, busy_timeout_s=busy_timeout_s, read_only=read_only)
         else:
             engine = create_catalog_engine(db_url, busy_timeout_s=busy_timeout_s, read_only=read_only)
+        version = CURRENT_VERSION
         try:
             if read_only:
                 with engine.connect() as conn:
                     version = schema_version(conn)
-                if version != CURRENT_VERSION:
+                if not MIN_READ_VERSION <= version <= CURRENT_VERSION:
                     raise ConfigError(
                         f"the catalog {str(path or db_url)!r} has schema version {version}, this vtr needs "
                         f"{CURRENT_VERSION}: open it for writing once (e.g. `vtr index`) to upgrade it"
@@ -391,7 +407,7 @@ class Catalog:
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, path=path, read_only=read_only)
+        return cls(engine, path=path, read_only=read_only, schema=version)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

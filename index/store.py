@@ -53,6 +53,7 @@ from vtr.index.lock import FileLock
 from vtr.index.plan import CatalogRow, Plan, PlanItem, make_plan, stat_file
 from vtr.index.vector_index import VectorIndex, normalize
 from vtr.index.vectors import stored_width
+from vtr.segmentation import SegmentPolicy
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class StoreStatus:
     db_bytes: int | None
     faiss_bytes: int | None
     schema_version: int
+    segmentation: dict[str, Any] | None = None  # the recorded SegmentPolicy (None: not recorded yet)
 
 
 @dataclass(frozen=True)
@@ -342,6 +344,40 @@ class LibraryStore:
         """ConfigError (with the fix) when the given model is not the one this index was built with."""
         with self.catalog.read() as s:
             _check_model(self._record(s), model_name, weights_sha256, dim)
+
+    # ------------------------------------------------------------------ segmentation policy
+
+    def segment_policy(self) -> SegmentPolicy | None:
+        """How this index cuts videos into segments (None: not recorded, an index built before vtr did)."""
+        with self.catalog.read() as s:
+            return self._policy(s)
+
+    def _policy(self, s: Session) -> SegmentPolicy | None:
+        if self.catalog.schema < 3:  # a read-only store over a catalog from before policies were recorded
+            return None
+        row = s.execute(sa.select(IndexRecord.segment_s, IndexRecord.stride_s, IndexRecord.whole_up_to_s)
+                        .where(IndexRecord.id == self.index_id)).one_or_none()
+        if row is None or row[0] is None:
+            return None
+        return SegmentPolicy(float(row[0]), float(row[1] or 0.0), float(row[2] or 0.0))
+
+    def set_segment_policy(self, policy: SegmentPolicy) -> None:
+        """Record ``policy`` (the caller checks it may change: see :func:`vtr.segmentation.settle_policy`)."""
+        self._require_writable()
+        with self.catalog.write() as s:
+            record = self._record(s)
+            record.segment_s, record.stride_s, record.whole_up_to_s = (
+                policy.window_s, policy.stride_s, policy.whole_up_to_s)
+
+    def segment_counts(self) -> tuple[int, int]:
+        """``(segments, videos with more than one segment)`` of this index."""
+        with self.catalog.read() as s:
+            per_video = (sa.select(sa.func.count().label("n")).select_from(Segment)
+                         .join(Video, Segment.video_id == Video.id)
+                         .where(Video.index_id == self.index_id).group_by(Segment.video_id).subquery())
+            total, multi = s.execute(sa.select(sa.func.coalesce(sa.func.sum(per_video.c.n), 0),
+                                               sa.func.count().filter(per_video.c.n > 1))).one()
+        return int(total), int(multi)
 
     # ------------------------------------------------------------------ consistency
 
@@ -838,6 +874,7 @@ class LibraryStore:
             version = int(s.execute(sa.text("SELECT MAX(version) FROM schema_version")).scalar() or 0)
             model, weights = record.model_name, record.weights_sha256
             dim, factory = record.embedding_dim, record.factory
+            policy = self._policy(s)
         try:
             faiss_bytes: int | None = self.faiss_path.stat().st_size
         except OSError:
@@ -856,6 +893,7 @@ class LibraryStore:
             db_bytes=self.catalog.size_on_disk(),
             faiss_bytes=faiss_bytes,
             schema_version=version,
+            segmentation=policy.to_dict() if policy is not None else None,
         )
 
     @property

@@ -150,6 +150,7 @@ def test_legacy_home_opens_and_searches(tmp_path: Path) -> None:
         got = [[[round(h.score, 6), os.path.basename(h.video_path), h.start_s, h.end_s] for h in row]
                for row in store.search(queries, 3)]
         assert store.status().videos == {"indexed": 4, "failed": 1, "pending": 0}
+        assert store.segment_policy() is None and store.status().segmentation is None  # v2: not recorded
     assert got == expected
     with LibraryStore.open(home, "default", model_name="legacy-model", dim=queries.shape[1]) as store:
         store.remove_video(store.search(queries[:1], 1)[0][0].video_path)  # and a writer can change it

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,14 +19,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from vtr.collapse import collapse_windows
 from vtr.data.clips import ClipDataset, ClipRequest, clip_loader
 from vtr.data.decode import read_frames
 from vtr.data.transforms import eval_transform
 from vtr.errors import ConfigError, VideoDecodeError
 from vtr.index.vectors import index_vectors, query_vectors
+from vtr.index_progress import IndexProgress
 from vtr.runtime import inference_dtype, resolve_device
+from vtr.segmentation import default_policy, requested_policy, settle_policy
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class IndexReport:
     pruned: int = 0
     wall_s: float = 0.0
     videos_per_s: float = 0.0
+    segmentation: dict[str, Any] | None = None  # the index's SegmentPolicy (vtr.segmentation)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +58,7 @@ class SearchHit:
     start_s: float
     end_s: float
     dual_score: float | None = None
+    windows: int = 1  # indexed windows of this video this hit stands for (neighbours collapsed into the best)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,12 +172,17 @@ class Library:
         flush_interval_s: float = 20.0,
         progress: bool = True,
         on_video: Callable[[str], None] | None = None,
+        max_windows: int | None = None,
     ) -> IndexReport:
         """Index the videos under ``paths`` (incremental: unchanged files are skipped; resumable after a crash).
 
-        ``segment``/``stride`` (seconds): cut videos longer than ``segment`` into windows, one vector each.
-        Bad files are recorded with their reason and skipped. The catalog commits each encoder batch of videos
-        atomically (all or none of them).
+        Videos are cut into segments (one vector each) by the index's :class:`~vtr.segmentation.SegmentPolicy`:
+        the one it recorded, else the model's default (long videos become overlapping windows).
+        ``segment``/``stride`` (seconds) ask for another one (``segment=0``: whole videos); an index that holds
+        vectors refuses a different policy unless ``reindex``. Bad files are recorded with their reason and
+        skipped. A video is decoded in chunks of at most ``max_windows`` windows (default ``batch_size``), so
+        memory does not grow with its length; the catalog commits each encoder batch of complete videos
+        atomically (a video is committed with all its segments or not at all).
         """
         from vtr.index.store import VideoEntry
 
@@ -182,22 +190,36 @@ class Library:
         report = IndexReport()
         model = self.model
         frames = frames or model.cfg.num_frames
+        default = default_policy(frames)
+        requested = requested_policy(segment, stride, default)
         with self._open_store(read_only=False, reindex=reindex) as store:
             if reindex:
                 store.reindex()
+            total, multi = store.segment_counts()
+            stored = store.segment_policy()
+            policy = settle_policy(self.index_name, stored, requested, default, has_vectors=total > 0,
+                                   legacy_windows=multi > 0)
+            if policy != stored:
+                store.set_segment_policy(policy)
+            report.segmentation = policy.to_dict()
             plan = store.plan([os.fspath(p) for p in paths], prune=prune, retry_failed=retry_failed)
             report.unchanged, report.touched = len(plan.unchanged), len(plan.touched)
             report.pruned = len(plan.deleted) if plan.pruned else 0
             todo = plan.to_index
             clips = ClipDataset([ClipRequest(p.path, content_hash=p.content_hash) for p in todo], frames,
-                                model.cfg.img_size, segment=segment, stride=stride, probe=True, hash_content=True,
-                                dtype=torch.float16)
+                                model.cfg.img_size, policy=policy, probe=True, hash_content=True,
+                                dtype=torch.float16, max_windows=max_windows or batch_size)
             loader = clip_loader(clips, workers, pin_memory=self.device.type == "cuda",
                                  videos_per_item=max(1, min(8, batch_size)))
-            pending: list[dict[str, Any]] = []  # decoded videos waiting for a full encoder batch
+            pending: list[dict[str, Any]] = []  # decoded chunks waiting for a full encoder batch
             # A launched batch whose embeddings are still on their way back from the GPU; it is written to the
             # catalog when the next batch has been launched, so the main process never waits on the encoder.
             inflight: tuple[list[dict[str, Any]], torch.Tensor, Any] | None = None
+            # Videos with some chunks encoded and more to come: their windows' vectors wait here (a few KB per
+            # window) until the last chunk, so a video is committed whole or not at all.
+            partial: dict[int, tuple[list[tuple[float, float]], list[np.ndarray]]] = {}
+            dropped: set[int] = set()  # videos that failed after some of their chunks were decoded
+            seen: set[int] = set()  # videos whose first chunk arrived
             done_since_flush, last_flush = 0, time.perf_counter()
 
             def write_inflight() -> None:
@@ -209,18 +231,28 @@ class Library:
                 if ready is not None:
                     ready.synchronize()
                 vectors = index_vectors(embeds)
-                entries, start = [], 0
-                for p in batch:  # one catalog transaction for the whole batch
+                entries, done, start = [], [], 0
+                for p in batch:  # the complete videos of the batch: one catalog transaction
                     n = len(p["windows"])
-                    entries.append(VideoEntry(p["info"], p["windows"], vectors[start:start + n], p["sha256"]))
-                    start += n
-                store.add_videos(entries)
-                report.indexed += len(batch)
-                report.segments += start
-                done_since_flush += len(batch)
-                if on_video:
-                    for p in batch:
-                        on_video(todo[p["i"]].path)
+                    part, start = vectors[start:start + n], start + n
+                    if p["i"] in dropped:
+                        continue
+                    windows, vecs = partial.setdefault(p["i"], ([], []))
+                    windows += p["windows"]
+                    vecs.append(part)
+                    if p["first"] + n == p["total"]:
+                        del partial[p["i"]]
+                        entries.append(VideoEntry(p["info"], windows, np.concatenate(vecs), p["sha256"]))
+                        done.append(p["i"])
+                if entries:
+                    store.add_videos(entries)
+                report.indexed += len(entries)
+                report.segments += sum(len(e.segments) for e in entries)
+                done_since_flush += len(entries)
+                for i in done:
+                    bar.video_done()
+                    if on_video:
+                        on_video(todo[i].path)
                 # Saving FAISS rewrites the whole file: do it at most every flush_interval_s (the catalog is the
                 # commit point; after a crash the index is rebuilt from it), so big libraries do not go quadratic.
                 if done_since_flush >= flush_every and time.perf_counter() - last_flush >= flush_interval_s:
@@ -245,7 +277,7 @@ class Library:
                 inflight = (list(pending), embeds, ready)
                 pending.clear()
 
-            bar = tqdm(total=len(todo), desc="index", unit="video", file=sys.stderr, disable=not progress)
+            bar = IndexProgress(len(todo), enable=progress)
             try:
                 for group in loader:
                     video = group["video"]
@@ -254,17 +286,27 @@ class Library:
                     start = 0
                     for item in group["items"]:
                         if "error" in item:
+                            if item["error"] == "window_too_short":
+                                raise ConfigError(item["message"])
                             path = todo[item["i"]].path
+                            if item["i"] not in seen:
+                                bar.video_seen(0)  # failed before its first chunk
+                            dropped.add(item["i"])
+                            partial.pop(item["i"], None)
                             store.mark_failed(path, item["error"])
                             report.failed.append({"path": path, "reason": item["error"], "error": item["message"]})
+                            bar.video_done()
                         else:
                             n = len(item["windows"])
                             item["video"] = video[start:start + n]
                             start += n
+                            if item["i"] not in seen:
+                                seen.add(item["i"])
+                                bar.video_seen(item["total"])
                             pending.append(item)
+                            bar.segments_done(n)
                             if sum(len(p["windows"]) for p in pending) >= batch_size:
                                 encode_pending()
-                        bar.update(1)
                 encode_pending()
                 write_inflight()
             finally:
@@ -277,30 +319,47 @@ class Library:
     # ------------------------------------------------------------------ search
 
     def search(self, queries: str | Sequence[str], k: int = 10, rerank: bool = False,
-               rerank_candidates: int = 16) -> list[list[SearchHit]]:
-        """Text-to-video search; ``rerank`` re-scores the top candidates with the ITM head (slower)."""
+               rerank_candidates: int = 16, all_windows: bool = False) -> list[list[SearchHit]]:
+        """Text-to-video search; ``rerank`` re-scores the top candidates with the ITM head (slower).
+
+        Neighbouring windows of one video are collapsed into one hit with the best window's start-end
+        (:func:`vtr.collapse.collapse_windows`); ``all_windows`` lists every window instead.
+        """
         self._adopt_index_model()
         texts = [queries] if isinstance(queries, str) else list(queries)
         if not texts:
             return []
         text_embeds = self.encode_text(texts)
-        results = self._search_vectors(query_vectors(text_embeds), max(k, rerank_candidates) if rerank else k)
+        want = max(k, rerank_candidates) if rerank else k
+        results = self._search_vectors(query_vectors(text_embeds), want, all_windows)
         if rerank:
             results = [self._rerank(t, hits)[:k] for t, hits in zip(texts, results, strict=True)]
         return results
 
-    def search_video(self, path: str | os.PathLike, k: int = 10) -> list[SearchHit]:
+    def search_video(self, path: str | os.PathLike, k: int = 10, all_windows: bool = False) -> list[SearchHit]:
         """Video-to-video search: the query clip's mean frame feature against the library."""
         self._adopt_index_model()
         frames = self.model.cfg.num_frames
         clip = eval_transform(read_frames(os.fspath(path), frames, "middle").frames, self.model.cfg.img_size)
         m = torch.nn.functional.normalize(self._encode_clips(clip[None]).float(), dim=-1).mean(1)
-        return self._search_vectors(query_vectors(m), k)[0]
+        return self._search_vectors(query_vectors(m), k, all_windows)[0]
 
-    def _search_vectors(self, q: np.ndarray, k: int) -> list[list[SearchHit]]:
-        hits = self._store().search(q, k, nprobe=self.nprobe)
-        return [[SearchHit(r + 1, h.score, h.video_path, h.start_s, h.end_s) for r, h in enumerate(row)]
-                for row in hits]
+    def _search_vectors(self, q: np.ndarray, k: int, all_windows: bool = False) -> list[list[SearchHit]]:
+        """The ``k`` best hits per query; collapsed (unless ``all_windows``), asking FAISS for more windows
+        until ``k`` distinct moments are found or the index is exhausted."""
+        store = self._store()
+        kk = k if all_windows else 4 * k
+        while True:
+            rows = store.search(q, kk, nprobe=self.nprobe)
+            hits = [[SearchHit(r + 1, h.score, h.video_path, h.start_s, h.end_s) for r, h in enumerate(row)]
+                    for row in rows]
+            if all_windows:
+                return hits
+            collapsed = [collapse_windows(row) for row in hits]
+            exhausted = kk >= store.ntotal or all(len(row) < kk for row in hits)
+            if exhausted or all(len(row) >= k for row in collapsed):
+                return [row[:k] for row in collapsed]
+            kk = min(store.ntotal, kk * 4)
 
     @torch.no_grad()
     def _rerank(self, text: str, hits: list[SearchHit]) -> list[SearchHit]:
@@ -320,7 +379,8 @@ class Library:
             video = eval_transform(clip.frames, model.cfg.img_size)[None].to(self.device, dtype)
             tokens = model.encode_video(video).tokens
             logit = model.itm_logits(tokens, states, tok["attention_mask"])[0, 1].float().item()
-            scored.append(SearchHit(0, logit, hit.path, hit.start_s, hit.end_s, dual_score=hit.score))
+            scored.append(SearchHit(0, logit, hit.path, hit.start_s, hit.end_s, dual_score=hit.score,
+                                    windows=hit.windows))
         scored.sort(key=lambda h: -h.score)
         for r, h in enumerate(scored):
             h.rank = r + 1
