@@ -43,9 +43,14 @@ class IndexReport:
     pruned: int = 0
     wall_s: float = 0.0
     videos_per_s: float = 0.0
+    known_failures: list[dict[str, str | None]] = field(default_factory=list)  # failed before, not retried
+    missing: int = 0  # catalog files under the roots gone from disk and not pruned (searchable until --prune)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The ``vtr index --json`` report (:mod:`vtr.schema`)."""
+        from vtr.schema import index_document
+
+        return index_document(self)
 
 
 @dataclass
@@ -55,7 +60,8 @@ class SearchHit:
     path: str
     start_s: float
     end_s: float
-    dual_score: float | None = None
+    dual_score: float | None = None  # with re-ranking: the dual-encoder cosine the hit was found with
+    score_kind: str = "cosine"  # "cosine" (dual encoder) or "itm_logit" (re-ranked)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,14 +136,28 @@ class Library:
         meta = read_meta(path)
         return str(self.model_ref or path.name), meta.get("weights_sha256")
 
-    def _open_store(self, read_only: bool, reindex: bool = False, write: bool = True):
+    def _model_config(self):
+        """The model's config (config.json), without loading its weights."""
+        if self._model is not None:
+            return self._model.cfg
+        import json
+
+        from vtr.model.registry import CONFIG_FILE, resolve_model_path
+        from vtr.model.retrieval import RetrievalConfig
+
+        path = resolve_model_path(self.model_ref, self.home)
+        if path is None:
+            return self.model.cfg  # not a model directory: create_model says what is wrong
+        return RetrievalConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+
+    def _open_store(self, read_only: bool, reindex: bool = False, write: bool = True, lock_timeout_s: float = 0.0):
         from vtr.index.store import LibraryStore
 
         kw: dict[str, Any] = {}
         if write:
             name, sha = self._model_identity()
-            kw = {"model_name": name, "weights_sha256": sha, "embed_dim": self.model.cfg.embed_dim,
-                  "factory": self.factory}
+            kw = {"model_name": name, "weights_sha256": sha, "embed_dim": self._model_config().embed_dim,
+                  "factory": self.factory, "lock_timeout_s": lock_timeout_s}
         return LibraryStore.open(self.home, self.index_name, db_url=self.db_url, read_only=read_only,
                                  reindex=reindex, device=self.device.type, **kw)
 
@@ -169,26 +189,37 @@ class Library:
         flush_interval_s: float = 20.0,
         progress: bool = True,
         on_video: Callable[[str], None] | None = None,
+        yes: bool = False,
+        wait_s: float = 0.0,
     ) -> IndexReport:
         """Index the videos under ``paths`` (incremental: unchanged files are skipped; resumable after a crash).
 
         ``segment``/``stride`` (seconds): cut videos longer than ``segment`` into windows, one vector each.
         Bad files are recorded with their reason and skipped. The catalog commits each encoder batch of videos
-        atomically (all or none of them).
+        atomically (all or none of them). ``prune`` removes files gone from disk (refused below a missing or
+        unreadable root, and for most of an index unless ``yes``). ``wait_s``: how long to wait for another
+        writer of this index. The model is loaded only when there is something to encode.
         """
         from vtr.index.store import VideoEntry
 
         t0 = time.perf_counter()
         report = IndexReport()
-        model = self.model
-        frames = frames or model.cfg.num_frames
-        with self._open_store(read_only=False, reindex=reindex) as store:
+        with self._open_store(read_only=False, reindex=reindex, lock_timeout_s=wait_s) as store:
             if reindex:
                 store.reindex()
-            plan = store.plan([os.fspath(p) for p in paths], prune=prune, retry_failed=retry_failed)
-            report.unchanged, report.touched = len(plan.unchanged), len(plan.touched)
+            plan = store.plan([os.fspath(p) for p in paths], prune=prune, retry_failed=retry_failed, yes=yes)
+            known = plan.known_failures
+            report.known_failures = [{"path": i.path, "reason": i.error or "", "message": None} for i in known]
+            report.unchanged, report.touched = len(plan.unchanged) - len(known), len(plan.touched)
             report.pruned = len(plan.deleted) if plan.pruned else 0
+            report.missing = 0 if plan.pruned else len(plan.deleted)
             todo = plan.to_index
+            if not todo:
+                store.flush()
+                report.wall_s = round(time.perf_counter() - t0, 3)
+                return report
+            model = self.model
+            frames = frames or model.cfg.num_frames
             clips = ClipDataset([ClipRequest(p.path, content_hash=p.content_hash) for p in todo], frames,
                                 model.cfg.img_size, segment=segment, stride=stride, probe=True, hash_content=True,
                                 dtype=torch.float16)
@@ -245,6 +276,7 @@ class Library:
                 inflight = (list(pending), embeds, ready)
                 pending.clear()
 
+            decoded = 0  # segments decoded so far (shown next to the video count)
             bar = tqdm(total=len(todo), desc="index", unit="video", file=sys.stderr, disable=not progress)
             try:
                 for group in loader:
@@ -256,15 +288,17 @@ class Library:
                         if "error" in item:
                             path = todo[item["i"]].path
                             store.mark_failed(path, item["error"])
-                            report.failed.append({"path": path, "reason": item["error"], "error": item["message"]})
+                            report.failed.append({"path": path, "reason": item["error"], "message": item["message"]})
                         else:
                             n = len(item["windows"])
+                            decoded += n
                             item["video"] = video[start:start + n]
                             start += n
                             pending.append(item)
                             if sum(len(p["windows"]) for p in pending) >= batch_size:
                                 encode_pending()
                         bar.update(1)
+                    bar.set_postfix(segments=decoded, refresh=False)
                 encode_pending()
                 write_inflight()
             finally:
@@ -279,8 +313,12 @@ class Library:
     def search(self, queries: str | Sequence[str], k: int = 10, rerank: bool = False,
                rerank_candidates: int = 16) -> list[list[SearchHit]]:
         """Text-to-video search; ``rerank`` re-scores the top candidates with the ITM head (slower)."""
-        self._adopt_index_model()
         texts = [queries] if isinstance(queries, str) else list(queries)
+        blank = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if blank:
+            raise ConfigError(f"empty query{'' if len(texts) == 1 else f' (number {blank[0] + 1})'}: "
+                              "say in words what to look for, e.g. vtr search \"person chopping onions\"")
+        self._adopt_index_model()
         if not texts:
             return []
         text_embeds = self.encode_text(texts)
@@ -320,7 +358,8 @@ class Library:
             video = eval_transform(clip.frames, model.cfg.img_size)[None].to(self.device, dtype)
             tokens = model.encode_video(video).tokens
             logit = model.itm_logits(tokens, states, tok["attention_mask"])[0, 1].float().item()
-            scored.append(SearchHit(0, logit, hit.path, hit.start_s, hit.end_s, dual_score=hit.score))
+            scored.append(SearchHit(0, logit, hit.path, hit.start_s, hit.end_s, dual_score=hit.score,
+                                    score_kind="itm_logit"))
         scored.sort(key=lambda h: -h.score)
         for r, h in enumerate(scored):
             h.rank = r + 1
