@@ -20,11 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from vtr.data.clips import ClipDataset, ClipRequest, clip_loader
-from vtr.data.decode import read_frames
-from vtr.data.transforms import eval_transform
 from vtr.errors import ConfigError, VideoDecodeError
 from vtr.index.vectors import index_vectors, query_vectors
 from vtr.runtime import inference_dtype, resolve_device
@@ -81,6 +77,7 @@ class Library:
         self.device = resolve_device(device)
         self.db_url, self.factory, self.nprobe = db_url, factory, nprobe  # nprobe: IVF lists searched (None: default)
         self._model = None
+        self._tower = None  # the cached text tower (CPU searches without the full model), see vtr.model.text_tower
         self._reader = None  # the read-only store: opened on first use, kept until close()
         self._model_checked = False
 
@@ -126,15 +123,22 @@ class Library:
             self._model = model.to(self.device, inference_dtype(self.device)).eval()
         return self._model
 
+    def _existing_index_model(self) -> str | None:
+        """The model name the index was built with, or None when there is no such index yet."""
+        from vtr.index.store import list_indexes
+
+        return next((i.model_name for i in list_indexes(self.home, db_url=self.db_url) if i.name == self.index_name),
+                    None)
+
     def _model_identity(self) -> tuple[str, str | None]:
         """(name, weights sha256) of the model as the index records it, without loading the weights."""
-        from vtr.model.registry import read_meta, resolve_model_path
+        from vtr.model.registry import default_model, read_meta, resolve_model_path
 
         path = resolve_model_path(self.model_ref, self.home)
         if path is None:
             raise ConfigError("no model: pass --model NAME|DIR, or set a default with `vtr models default NAME`")
-        meta = read_meta(path)
-        return str(self.model_ref or path.name), meta.get("weights_sha256")
+        meta = read_meta(path)  # the default model is recorded by its registered name (searches resolve it)
+        return str(self.model_ref or default_model(self.home) or path.name), meta.get("weights_sha256")
 
     def _model_config(self):
         """The model's config (config.json), without loading its weights."""
@@ -169,8 +173,33 @@ class Library:
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Text embeddings: from the cached text tower when the full model is not loaded (CPU), else the model
+        (whose tower is then cached for the next search process)."""
+        tower = self._text_tower(load=True)
+        if tower is not None and self._model is None:
+            return tower.encode(list(texts))
         tok = self.model.tokenize(list(texts))
-        return self.model.encode_text(tok["input_ids"], tok["attention_mask"]).embeds
+        embeds = self.model.encode_text(tok["input_ids"], tok["attention_mask"]).embeds
+        if tower is None:
+            self._text_tower(load=False)
+        return embeds
+
+    def _text_tower(self, load: bool):
+        """``load``: the cached tower (or None); else write the cache from the loaded model. CPU fp32 only."""
+        if self.device.type != "cpu" or self._tower is not None:
+            return self._tower
+        from vtr.model.text_tower import cache_path, load_text_tower, save_text_tower
+
+        sha = self._model_identity()[1]
+        if not sha:
+            return None
+        max_len = self._model_config().max_txt_l
+        path = cache_path(self.home, sha, max_len)
+        if load:
+            self._tower = load_text_tower(path, max_len)
+        elif self._model is not None and next(self._model.parameters()).dtype == torch.float32:
+            save_text_tower(self._model, path, max_len)
+        return self._tower
 
     # ------------------------------------------------------------------ indexing
 
@@ -200,10 +229,15 @@ class Library:
         unreadable root, and for most of an index unless ``yes``). ``wait_s``: how long to wait for another
         writer of this index. The model is loaded only when there is something to encode.
         """
+        from tqdm import tqdm
+
+        from vtr.data.clips import ClipDataset, ClipRequest, clip_loader
         from vtr.index.store import VideoEntry
 
         t0 = time.perf_counter()
         report = IndexReport()
+        if self.model_ref is None and not reindex:
+            self.model_ref = self._existing_index_model()  # an existing index goes on with its own model
         with self._open_store(read_only=False, reindex=reindex, lock_timeout_s=wait_s) as store:
             if reindex:
                 store.reindex()
@@ -329,6 +363,9 @@ class Library:
 
     def search_video(self, path: str | os.PathLike, k: int = 10) -> list[SearchHit]:
         """Video-to-video search: the query clip's mean frame feature against the library."""
+        from vtr.data.decode import read_frames
+        from vtr.data.transforms import eval_transform
+
         self._adopt_index_model()
         frames = self.model.cfg.num_frames
         clip = eval_transform(read_frames(os.fspath(path), frames, "middle").frames, self.model.cfg.img_size)
@@ -344,6 +381,9 @@ class Library:
     def _rerank(self, text: str, hits: list[SearchHit]) -> list[SearchHit]:
         if not hits:
             return hits
+        from vtr.data.decode import read_frames
+        from vtr.data.transforms import eval_transform
+
         model = self.model
         dtype = next(model.parameters()).dtype
         tok = model.tokenize([text])
