@@ -11,11 +11,15 @@ import typer
 from rich.console import Console
 
 import vtr
+from vtr.cli.help import hide_flag_placeholders
 from vtr.errors import VtrError
 
+hide_flag_placeholders()
 app = typer.Typer(
     name="vtr",
-    help="Video-text retrieval: index your videos, search them with language, evaluate and train models.",
+    help="Video-text retrieval: index your videos, search them with language, evaluate and train models.\n\n"
+         "Examples: `vtr demo`, `vtr index ~/Videos --segment 10 --stride 5`, `vtr search \"a dog on a beach\" -k 5`, "
+         "`vtr doctor`",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -453,7 +457,7 @@ def main() -> None:
     try:
         app()
     except VtrError as e:
-        err.print(f"[red]error:[/red] {e}")
+        err.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line, whatever the width
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow]")

@@ -81,7 +81,9 @@ def load_text_tower(path: Path, max_len: int) -> TextTower | None:
     if not path.is_file():
         return None
     try:
-        return TextTower(torch.jit.load(str(path), map_location="cpu").eval(), max_len)
+        with warnings.catch_warnings():  # TorchScript is deprecated (still supported): without it, no cache
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return TextTower(torch.jit.load(str(path), map_location="cpu").eval(), max_len)
     except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
         log.warning("text tower cache %s unusable (%s); rebuilding it", path, err)
         path.unlink(missing_ok=True)
