@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 PRUNE_GUARD_SHARE = 0.5  # a prune removing more than this share of an index's videos needs --yes ...
-PRUNE_GUARD_MIN = 10  # ... when it removes at least this many
+PRUNE_GUARD_MIN = 5  # ... when it removes at least this many
 
 
 @dataclass(frozen=True)

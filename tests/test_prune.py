@@ -138,7 +138,7 @@ def test_only_certainly_missing_files_count_as_deleted(tmp_path, monkeypatch):
 
 
 def test_reindex_reports_known_failures_and_missing_files(indexed):
-    from cli.report import index_summary
+    from vtr.cli.report import index_summary
 
     lib, folder, home = indexed
     for name in ("bad1.mp4", "bad2.mp4"):

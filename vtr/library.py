@@ -175,13 +175,11 @@ class Library:
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Text embeddings: from the cached text tower when the full model is not loaded (CPU), else the model
         (whose tower is then cached for the next search process)."""
-        tower = self._text_tower(load=True)
-        if tower is not None and self._model is None:
+        if self._model is None and (tower := self._text_tower(load=True)) is not None:
             return tower.encode(list(texts))
         tok = self.model.tokenize(list(texts))
         embeds = self.model.encode_text(tok["input_ids"], tok["attention_mask"]).embeds
-        if tower is None:
-            self._text_tower(load=False)
+        self._text_tower(load=False)
         return embeds
 
     def _text_tower(self, load: bool):
@@ -197,7 +195,7 @@ class Library:
         path = cache_path(self.home, sha, max_len)
         if load:
             self._tower = load_text_tower(path, max_len)
-        elif self._model is not None and next(self._model.parameters()).dtype == torch.float32:
+        elif not path.exists() and self._model is not None and next(self._model.parameters()).dtype == torch.float32:
             save_text_tower(self._model, path, max_len)
         return self._tower
 

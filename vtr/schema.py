@@ -10,7 +10,7 @@ change) and ``command``. The shapes (:data:`JSON_SCHEMA` is the machine-readable
   cosine the hit was found with, else null).
 * ``index``: counts (``indexed``, ``segments``, ``unchanged``, ``touched``, ``pruned``, ``missing``,
   ``failed``, ``failed_before``), ``failures`` and timing.
-* ``index status``: the index's model, counts, sizes, ``failed`` and ``failures``.
+* ``index status``: the index's model, counts, sizes, ``catalog_schema_version``, ``failed`` and ``failures``.
 * ``index list``: ``{"indexes": [...]}``; ``index remove``: ``{"removed": NAME}``.
 
 A failure is ``{"path", "reason", "message"}`` everywhere (``reason``: a short tag such as ``corrupt`` or
@@ -68,6 +68,8 @@ def index_document(report: Any) -> dict[str, Any]:
 def status_document(status: dict[str, Any]) -> dict[str, Any]:
     """``vtr index status --json`` from :meth:`vtr.library.Library.status` (failures reshaped)."""
     body = dict(status)
+    if "schema_version" in body:  # the catalog's own schema version, not this document's
+        body["catalog_schema_version"] = body.pop("schema_version")
     failures: Iterable[Any] = body.pop("failures", [])
     rows = [failure(*f) if isinstance(f, (tuple, list)) else failure(f["path"], f["reason"], f.get("message"))
             for f in failures]
