@@ -371,7 +371,7 @@ def search(
 
     for q, hits in zip(queries, results, strict=True):
         table = Table(title=q)
-        for col in ("rank", "score", "path", "start-end"):
+        for col in ("rank", "score (itm logit)" if rerank and video is None else "score (cosine)", "path", "start-end"):
             table.add_column(col)
         for h in hits:
             table.add_row(str(h.rank), f"{h.score:.4f}", h.path, f"{h.start_s:.1f}-{h.end_s:.1f}s")

@@ -27,13 +27,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from vtr.data.decode import VideoInfo
 from vtr.errors import ConfigError, IndexBusyError, IndexCorruptError, VideoDecodeError, VtrError
 from vtr.hashing import sha256_file as file_sha256
 from vtr.home import data_home
@@ -53,6 +52,9 @@ from vtr.index.lock import FileLock
 from vtr.index.plan import CatalogRow, Plan, PlanItem, check_prune_roots, check_prune_share, make_plan, stat_file
 from vtr.index.vector_index import VectorIndex, normalize
 from vtr.index.vectors import stored_width
+
+if TYPE_CHECKING:  # decoding (PyAV) is not needed to search: searches do not import it
+    from vtr.data.decode import VideoInfo
 
 log = logging.getLogger(__name__)
 
