@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,7 +66,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             obj = load_file(str(path))
         else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's advice (file an issue, weights_only=False) does not apply
+                warnings.simplefilter("ignore", UserWarning)
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except OSError as err:
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({err.strerror or err})") from err
     except Exception as err:  # torch's and pickle's errors (with advice that does not apply) become one line
