@@ -11,11 +11,15 @@ import typer
 from rich.console import Console
 
 import vtr
+from vtr.cli.help import hide_flag_placeholders
 from vtr.errors import VtrError
 
+hide_flag_placeholders()
 app = typer.Typer(
     name="vtr",
-    help="Video-text retrieval: index your videos, search them with language, evaluate and train models.",
+    help="Video-text retrieval: index your videos, search them with language, evaluate and train models.\n\n"
+         "Examples: `vtr demo`, `vtr index ~/Videos --segment 10 --stride 5`, `vtr search \"a dog on a beach\" -k 5`, "
+         "`vtr doctor`",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -52,7 +56,7 @@ def _root(
 
 @app.command()
 def doctor(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Print the environment: torch/CUDA, scan backends, decoders, faiss flavour, data home, models."""
+    """Print the environment: torch/CUDA, scan backends, decoders, faiss flavour, data home, models, indexes."""
     from vtr.doctor import collect_environment
 
     report = collect_environment(str(home) if home else None)
@@ -67,6 +71,8 @@ def doctor(home: HomeOption = None, as_json: JsonOption = False) -> None:
             continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):  # the indexes: one line each
+            value = "\n".join(", ".join(f"{k}={v}" for k, v in d.items()) for d in value) or "none"
         table.add_row(key, str(value))
     out.print(table)
 
@@ -253,6 +259,9 @@ def index_cmd(
     prune: Annotated[bool, typer.Option(help="Remove vectors of files that no longer exist.")] = False,
     reindex: Annotated[bool, typer.Option(help="Drop the index's vectors and re-embed (model change).")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Try files that failed before again.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Let --prune remove more than half of the index.")] = False,
+    wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for another process writing this index.")
+                    ] = 0.0,
     db: DbOption = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
@@ -260,7 +269,9 @@ def index_cmd(
     """Index videos (`vtr index PATH...`), or manage indexes: `vtr index status|list|remove [--index NAME]`.
 
     Incremental (unchanged files are skipped) and crash-safe (re-run to resume); bad files are recorded with
-    their reason and skipped.
+    their reason and skipped. `--prune` refuses a folder that is missing or unreadable (an unplugged drive).
+
+    Examples: `vtr index ~/Videos --segment 10 --stride 5`, `vtr index ~/Videos --prune`, `vtr index status`
     """
     from vtr.errors import ConfigError
 
@@ -275,27 +286,27 @@ def index_cmd(
 
     lib = Library(home=home, index=index, model=model, device=device, db_url=db, factory=factory)
     report = lib.index(paths, segment=segment, stride=stride, frames=frames, workers=workers,
-                       batch_size=batch_size, prune=prune, reindex=reindex, retry_failed=retry_failed)
+                       batch_size=batch_size, prune=prune, reindex=reindex, retry_failed=retry_failed, yes=yes,
+                       wait_s=wait)
     if as_json:
         emit_json(report.to_dict())
         return
-    out.print(f"indexed {report.indexed} videos ({report.segments} segments) in {report.wall_s} s "
-              f"({report.videos_per_s} videos/s); unchanged {report.unchanged}, failed {len(report.failed)}, "
-              f"pruned {report.pruned}")
+    from vtr.cli.report import print_index_report
+
+    print_index_report(report, out, err)
     if report.segmentation:
-        out.print(f"segments: {report.segmentation['description']}")
-    for f in report.failed[:20]:
-        err.print(f"[yellow]skipped[/yellow] {f['path']}: {f['reason']}")
+        out.print(f"segments: {report.segmentation['description']}", soft_wrap=True, highlight=False)
 
 
 def _index_action(action: str, index: str, db: str | None, home: Path | None, as_json: bool) -> None:
     from vtr.errors import ConfigError
     from vtr.library import Library, list_libraries, remove_library
+    from vtr.schema import document, status_document
 
     if action == "list":
         libs = list_libraries(home, db_url=db)
         if as_json:
-            emit_json(libs)
+            emit_json(document("index list", indexes=libs))
         for lib in [] if as_json else libs:
             out.print(f"{lib['name']}: {lib['vector_count']} vectors, model {lib['model_name']}, {lib['factory']}")
         if not libs and not as_json:
@@ -304,11 +315,11 @@ def _index_action(action: str, index: str, db: str | None, home: Path | None, as
         if not remove_library(home, index, db_url=db):
             raise ConfigError(f"no index named {index!r} (vtr index list)")
         if as_json:
-            emit_json({"removed": index})
+            emit_json(document("index remove", removed=index))
         else:
             out.print(f"removed index {index}")
     else:
-        status = Library(home=home, index=index, db_url=db).status()
+        status = status_document(Library(home=home, index=index, db_url=db).status())
         if as_json:
             emit_json(status)
             return
@@ -316,10 +327,9 @@ def _index_action(action: str, index: str, db: str | None, home: Path | None, as
             if key == "segmentation":
                 out.print(f"[bold]segmentation[/bold]: {value['description'] if value else 'not recorded'}")
             elif key == "failures":
-                out.print(f"[bold]failures[/bold]: {len(value)}")
-                for path, reason in value[:20]:
-                    out.print(f"  {path}: {reason}")
-            else:
+                for f in value[:20]:
+                    out.print(f"  {f['path']}: {f['reason']}", soft_wrap=True)
+            elif key not in ("schema_version", "command"):
                 out.print(f"[bold]{key}[/bold]: {value}")
 
 
@@ -342,27 +352,35 @@ def search(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Search an index: `vtr search "person chopping onions"`."""
+    """Search an index: `vtr search "person chopping onions"`.
+
+    Examples: `vtr search "a dog catches a frisbee" -k 5 --rerank`, `vtr search --video clip.mp4`,
+    `vtr search --from-file queries.txt --json`
+    """
     from vtr.errors import ConfigError
     from vtr.library import Library, read_queries
 
     if sum(x is not None for x in (query, video, from_file)) != 1:
         raise ConfigError("give exactly one of: a QUERY, --video FILE or --from-file FILE")
+    queries = [str(video)] if video is not None else read_queries(from_file) if from_file else [str(query)]
+    if not queries or any(not q.strip() for q in queries):
+        raise ConfigError(f"no queries in {str(from_file)!r}" if from_file and not queries else
+                          'empty query: say in words what to look for, e.g. vtr search "person chopping onions"')
     lib = Library(home=home, index=index, model=model, device=device, db_url=db, nprobe=nprobe)
     if video is not None:
-        queries, results = [str(video)], [lib.search_video(video, k, all_windows=all_windows)]
+        results = [lib.search_video(video, k, all_windows=all_windows)]
     else:
-        queries = read_queries(from_file) if from_file else [query]
         results = lib.search(queries, k=k, rerank=rerank, all_windows=all_windows)
     if as_json:
-        rows = [{"query": q, "results": [h.to_dict() for h in hits]} for q, hits in zip(queries, results, strict=True)]
-        emit_json(rows[0]["results"] if len(rows) == 1 else rows)
+        from vtr.schema import search_document
+
+        emit_json(search_document(queries, results, index=index, query_kind="text" if video is None else "video"))
         return
     from rich.table import Table
 
     for q, hits in zip(queries, results, strict=True):
         table = Table(title=q)
-        for col in ("rank", "score", "path", "start-end"):
+        for col in ("rank", "score (itm logit)" if rerank and video is None else "score (cosine)", "path", "start-end"):
             table.add_column(col)
         for h in hits:
             table.add_row(str(h.rank), f"{h.score:.4f}", h.path, f"{h.start_s:.1f}-{h.end_s:.1f}s")
@@ -448,7 +466,7 @@ def main() -> None:
     try:
         app()
     except VtrError as e:
-        err.print(f"[red]error:[/red] {e}")
+        err.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line, whatever the width
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow]")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,15 +66,30 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             obj = load_file(str(path))
         else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {str(err)[:200]}); "
-            "the file is probably truncated or not a PyTorch checkpoint: download it again"
-        ) from err
-    except Exception as err:  # pickle errors from weights_only loading
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a plain weights file: {err}") from err
+            with warnings.catch_warnings():  # torch's advice (file an issue, weights_only=False) does not apply
+                warnings.simplefilter("ignore", UserWarning)
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({err.strerror or err})") from err
+    except Exception as err:  # torch's and pickle's errors (with advice that does not apply) become one line
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint vtr can read: {_what_is_it(path)}") from err
     return unwrap_state_dict(obj, source=str(path))
+
+
+def _what_is_it(path: Path) -> str:
+    """Why a file failed to load as a checkpoint, guessed from its first bytes (one short clause)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if path.suffix == ".safetensors":
+        return "a damaged or truncated safetensors file: download it again"
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return "a truncated PyTorch file: download it again"
+        return ("a PyTorch file holding more than plain tensors (code or objects vtr does not load), or a damaged "
+                "one: give an official VideoMamba .pth or a .safetensors file")
+    if head[:1] == b"\x80":
+        return "a Python pickle that is not a file of plain tensors: give an official VideoMamba .pth"
+    return "not a PyTorch or safetensors file: give an official VideoMamba .pth (e.g. videomamba_m16_25M_f8_res224.pth)"
 
 
 def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -5,19 +5,40 @@
   with ``retry_failed``);
 * unchanged: same size and mtime, or only the mtime changed (listed in ``touched`` too: the store then updates
   the catalog's mtime). Files that failed and did not change are unchanged (not retried);
-* deleted: in the catalog under one of the roots but gone from disk.
+* deleted: in the catalog under one of the roots and certainly gone from disk (``lstat`` says "no such file";
+  a file that cannot be looked at, e.g. below a folder without permission, is never taken for deleted).
+
+Pruning (removing the deleted files from the index) is guarded here too: :func:`check_prune_roots` refuses a
+root that does not exist or cannot be read (an unplugged drive, a typo, an unmounted share), and
+:func:`check_prune_share` refuses to remove more than :data:`PRUNE_GUARD_SHARE` of an index without ``yes``.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from vtr.errors import PruneRefusedError
 from vtr.hashing import sha256_file
 
-__all__ = ["CatalogRow", "Plan", "PlanItem", "make_plan", "stat_file"]
+__all__ = [
+    "PRUNE_GUARD_MIN",
+    "PRUNE_GUARD_SHARE",
+    "CatalogRow",
+    "Plan",
+    "PlanItem",
+    "check_prune_roots",
+    "check_prune_share",
+    "is_gone",
+    "make_plan",
+    "stat_file",
+]
+
+PRUNE_GUARD_SHARE = 0.5  # a prune removing more than this share of an index's videos needs --yes ...
+PRUNE_GUARD_MIN = 5  # ... when it removes at least this many
 
 
 @dataclass(frozen=True)
@@ -30,6 +51,7 @@ class PlanItem:
     mtime_ns: int | None = None
     content_hash: str | None = None  # set when the plan had to hash the file (pass it to add_video)
     reason: str = ""
+    error: str | None = None  # the catalog's failure reason, for files that failed before
 
 
 @dataclass
@@ -49,6 +71,11 @@ class Plan:
         """The files to (re-)embed: new then changed."""
         return self.new + self.changed
 
+    @property
+    def known_failures(self) -> list[PlanItem]:
+        """Unchanged files that failed before and are not retried (they still fail)."""
+        return [item for item in self.unchanged if item.reason == "failed before"]
+
 
 class CatalogRow(NamedTuple):
     """What the catalog knows of one video file."""
@@ -57,6 +84,7 @@ class CatalogRow(NamedTuple):
     mtime_ns: int | None
     content_hash: str | None
     status: str
+    error: str | None = None
 
 
 def stat_file(path: str | bytes) -> tuple[int, int] | None:
@@ -68,6 +96,57 @@ def stat_file(path: str | bytes) -> tuple[int, int] | None:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
+def is_gone(path: str | bytes) -> bool:
+    """True only when ``path`` certainly does not exist (not when it merely cannot be looked at)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False  # permission denied, I/O error, ...: unknown, so kept
+    return False
+
+
+def _root_problem(root: str) -> str | None:
+    """Why files below ``root`` cannot be trusted to be listed, or None."""
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return "does not exist (an unplugged drive, an unmounted share or a typo?)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            with os.scandir(root) as it:
+                next(it, None)
+        except OSError as exc:
+            return f"cannot be listed ({exc.strerror or exc})"
+    elif not os.access(root, os.R_OK):
+        return "cannot be read (permission denied)"
+    return None
+
+
+def check_prune_roots(roots: Iterable[str | bytes]) -> None:
+    """Refuse (:class:`PruneRefusedError`, exit 2) to prune below a root that is missing or unreadable."""
+    for root in roots:
+        name = os.fsdecode(root)
+        problem = _root_problem(name)
+        if problem is not None:
+            raise PruneRefusedError(f"refusing to --prune: {name!r} {problem}; nothing was pruned. Check the path "
+                                    "(mount the drive), or run without --prune")
+
+
+def check_prune_share(removing: int, total: int, *, yes: bool = False) -> None:
+    """Refuse to prune more than :data:`PRUNE_GUARD_SHARE` of an index's ``total`` videos unless ``yes``."""
+    if yes or removing < PRUNE_GUARD_MIN or removing <= PRUNE_GUARD_SHARE * total:
+        return
+    raise PruneRefusedError(
+        f"--prune would remove {removing} of the index's {total} videos ({100 * removing / max(total, 1):.0f}%) "
+        "whose files are gone; nothing was pruned. If they really were deleted, re-run with --yes; otherwise "
+        "check that the drive or share they are on is mounted"
+    )
+
+
 def make_plan(
     rows: Mapping[bytes, CatalogRow],
     files: Iterable[str],
@@ -76,7 +155,7 @@ def make_plan(
     retry_failed: bool = False,
     stat: Callable[[str], tuple[int, int] | None] = stat_file,
     hash_file: Callable[[str], str] = sha256_file,
-    exists: Callable[[bytes], bool] = os.path.lexists,
+    gone: Callable[[bytes], bool] | None = None,
     decode: Callable[[bytes], str] = os.fsdecode,
 ) -> Plan:
     """The plan for ``files`` (walked under the absolute ``roots``) against the catalog's ``rows`` (by path bytes).
@@ -101,7 +180,8 @@ def make_plan(
             plan.changed.append(PlanItem(path, "changed", size, mtime_ns, reason="retry failed"))
         elif size == row.size and mtime_ns == row.mtime_ns:
             why = "failed before" if row.status == "failed" else ""
-            plan.unchanged.append(PlanItem(path, "unchanged", size, mtime_ns, row.content_hash, why))
+            plan.unchanged.append(PlanItem(path, "unchanged", size, mtime_ns, row.content_hash, why,
+                                           row.error if row.status == "failed" else None))
         elif size != row.size:
             plan.changed.append(PlanItem(path, "changed", size, mtime_ns, reason="size"))
         else:
@@ -122,6 +202,6 @@ def make_plan(
         if raw in walked:
             continue
         under = any(raw == r for r in roots) or any(raw.startswith(p) for p in prefixes)
-        if under and not exists(raw):
+        if under and (gone or is_gone)(raw):
             plan.deleted.append(PlanItem(decode(raw), "deleted", row.size, row.mtime_ns, row.content_hash))
     return plan

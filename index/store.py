@@ -27,13 +27,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from vtr.data.decode import VideoInfo
 from vtr.errors import ConfigError, IndexBusyError, IndexCorruptError, VideoDecodeError, VtrError
 from vtr.hashing import sha256_file as file_sha256
 from vtr.home import data_home
@@ -50,10 +49,13 @@ from vtr.index.catalog import (
 )
 from vtr.index.files import VIDEO_EXTENSIONS, walk_videos
 from vtr.index.lock import FileLock
-from vtr.index.plan import CatalogRow, Plan, PlanItem, make_plan, stat_file
+from vtr.index.plan import CatalogRow, Plan, PlanItem, check_prune_roots, check_prune_share, make_plan, stat_file
 from vtr.index.vector_index import VectorIndex, normalize
 from vtr.index.vectors import stored_width
 from vtr.segmentation import SegmentPolicy
+
+if TYPE_CHECKING:  # decoding (PyAV) is not needed to search: searches do not import it
+    from vtr.data.decode import VideoInfo
 
 log = logging.getLogger(__name__)
 
@@ -709,19 +711,25 @@ class LibraryStore:
         prune: bool = False,
         retry_failed: bool = False,
         extensions: Iterable[str] = VIDEO_EXTENSIONS,
+        yes: bool = False,
     ) -> Plan:
         """Decide, for the video files under ``paths``, what indexing has to do (:func:`vtr.index.plan.make_plan`).
 
         A writable store records the new mtime of ``touched`` files; ``deleted`` files are removed from the
-        catalog only with ``prune`` (``plan.pruned``).
+        catalog only with ``prune`` (``plan.pruned``), never below a missing or unreadable root, and not more
+        than :data:`~vtr.index.plan.PRUNE_GUARD_SHARE` of the index unless ``yes`` (PruneRefusedError).
         """
         roots = [os.fsencode(_abspath(p)) for p in paths]
+        if prune:
+            check_prune_roots(roots)
         files = list(walk_videos([os.fsdecode(r) for r in roots], extensions, missing_ok=True))
         with self.catalog.read() as s:
             rows = {
-                bytes(r.path_bytes): CatalogRow(r.size, r.mtime_ns, r.content_hash, r.status)
+                bytes(r.path_bytes): CatalogRow(r.size, r.mtime_ns, r.content_hash, r.status, r.error)
                 for r in s.execute(
-                    sa.select(Video.path_bytes, Video.size, Video.mtime_ns, Video.content_hash, Video.status).where(
+                    sa.select(
+                        Video.path_bytes, Video.size, Video.mtime_ns, Video.content_hash, Video.status, Video.error
+                    ).where(
                         Video.index_id == self.index_id
                     )
                 )
@@ -740,6 +748,7 @@ class LibraryStore:
                         .values(mtime_ns=item.mtime_ns, updated_at=utcnow())
                     )
         if prune and plan.deleted:
+            check_prune_share(len(plan.deleted), len(rows), yes=yes)
             self._remove_paths([os.fsencode(item.path) for item in plan.deleted])
             plan.pruned = True
         return plan

@@ -45,6 +45,11 @@ def test_dual_scores_match_a_direct_computation(setup):
     assert report["dual"] == expected
     assert report["num_videos_evaluated"] == ds.num_videos and "rerank" not in report
     assert report["protocol"]["deviations"] == ["frames 4 (protocol 8)", "resolution 64 (protocol 224)"]
+    # the model actually evaluated, not only its architecture
+    from vtr.hashing import sha256_file
+
+    assert report["model"] == {"name": "model", "architecture": "videomamba_t16_minilm",
+                               "path": str(path.resolve()), "weights_sha256": sha256_file(path / "model.safetensors")}
 
 
 def test_rerank_scores_only_top_k_and_cache_skips_decoding(setup, tmp_path, monkeypatch):
@@ -73,7 +78,7 @@ def test_undecodable_videos_are_reported_and_left_out(setup, tmp_path):
     model = tiny_model(depth=1)
     report = ev.RetrievalEvaluator(ds, _settings(rerank_k=0))(model)
     assert report["num_undecodable_videos"] == 1
-    assert report["undecodable_videos"][0]["video"] == broken and report["undecodable_videos"][0]["reason"] == "empty"
+    assert report["undecodable_videos"][0]["path"] == broken and report["undecodable_videos"][0]["reason"] == "empty"
     assert report["num_videos_evaluated"] == ds.num_videos - 1
     assert report["num_texts_evaluated"] == ds.num_texts - len(ds.vid2txt[3])
 

@@ -132,7 +132,7 @@ def test_bad_files_are_recorded_and_skipped(setup, tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["indexed"] == 4  # 3 good + the non-UTF-8 name
-    reasons = {Path(f["path"]).name: f["reason"] for f in report["failed"]}
+    reasons = {Path(f["path"]).name: f["reason"] for f in report["failures"]}
     assert reasons == expected
     status = json.loads(vtr("index", "status", "--json", home=tmp_path / "h").stdout)
     assert status["videos"] == {"indexed": 4, "failed": 4, "pending": 0}
@@ -172,7 +172,7 @@ def _check_consistent(home: Path, folder: Path) -> dict:
     assert status["vectors"] == status["faiss_vectors"] == status["segments"] == status["videos"]["indexed"]
     out = vtr("search", "a shape moves", "-k", "100", "--json", home=home)
     assert out.returncode == 0, out.stderr
-    paths = [h["path"] for h in json.loads(out.stdout)]
+    paths = [h["path"] for h in json.loads(out.stdout)["queries"][0]["results"]]
     assert len(paths) == len(set(paths)) == status["vectors"]
     assert all(Path(p).exists() and Path(p).parent == folder for p in paths)
     return status

@@ -89,5 +89,27 @@ def collect_environment(home: str | None = None) -> dict[str, Any]:
     }
     from vtr.encoders.videomamba import list_video_encoders
 
-    report["models"] = {"video_encoders": list_video_encoders()}
+    report["models"] = {"video_encoders": list_video_encoders(), **_installed_models(home)}
+    report["indexes"] = _indexes(home)
     return report
+
+
+def _installed_models(home: str | None) -> dict[str, Any]:
+    """The models installed in the data home and the default one."""
+    from vtr.model.registry import default_model, installed_models
+
+    try:
+        return {"installed": installed_models(home), "default": default_model(home)}
+    except Exception as err:  # noqa: BLE001 - a damaged registry is reported, not raised
+        return {"installed": {}, "default": None, "error": f"{type(err).__name__}: {err}"}
+
+
+def _indexes(home: str | None) -> list[dict[str, Any]] | str:
+    """The indexes in the data home's catalog: name, model, videos, vectors (or why they cannot be listed)."""
+    from vtr.index.store import list_indexes
+
+    try:
+        return [{"name": i.name, "model": i.model_name, "videos": i.videos, "vectors": i.vector_count,
+                 "factory": i.factory} for i in list_indexes(home)]
+    except Exception as err:  # noqa: BLE001
+        return f"cannot read the catalog: {type(err).__name__}: {err}"

@@ -57,3 +57,7 @@ class IndexBusyError(VtrError):
     """Another process is writing this index."""
 
     exit_code = 6
+
+
+class PruneRefusedError(ConfigError):
+    """``--prune`` refused: a root is missing or unreadable, or the prune would remove too much of an index."""

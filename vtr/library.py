@@ -21,9 +21,6 @@ import numpy as np
 import torch
 
 from vtr.collapse import collapse_windows
-from vtr.data.clips import ClipDataset, ClipRequest, clip_loader
-from vtr.data.decode import read_frames
-from vtr.data.transforms import eval_transform
 from vtr.errors import ConfigError, VideoDecodeError
 from vtr.index.vectors import index_vectors, query_vectors
 from vtr.index_progress import IndexProgress
@@ -45,9 +42,14 @@ class IndexReport:
     wall_s: float = 0.0
     videos_per_s: float = 0.0
     segmentation: dict[str, Any] | None = None  # the index's SegmentPolicy (vtr.segmentation)
+    known_failures: list[dict[str, str | None]] = field(default_factory=list)  # failed before, not retried
+    missing: int = 0  # catalog files under the roots gone from disk and not pruned (searchable until --prune)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The ``vtr index --json`` report (:mod:`vtr.schema`)."""
+        from vtr.schema import index_document
+
+        return index_document(self)
 
 
 @dataclass
@@ -57,7 +59,8 @@ class SearchHit:
     path: str
     start_s: float
     end_s: float
-    dual_score: float | None = None
+    dual_score: float | None = None  # with re-ranking: the dual-encoder cosine the hit was found with
+    score_kind: str = "cosine"  # "cosine" (dual encoder) or "itm_logit" (re-ranked)
     windows: int = 1  # indexed windows of this video this hit stands for (neighbours collapsed into the best)
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,6 +81,7 @@ class Library:
         self.device = resolve_device(device)
         self.db_url, self.factory, self.nprobe = db_url, factory, nprobe  # nprobe: IVF lists searched (None: default)
         self._model = None
+        self._tower = None  # the cached text tower (CPU searches without the full model), see vtr.model.text_tower
         self._reader = None  # the read-only store: opened on first use, kept until close()
         self._model_checked = False
 
@@ -123,24 +127,45 @@ class Library:
             self._model = model.to(self.device, inference_dtype(self.device)).eval()
         return self._model
 
+    def _existing_index_model(self) -> str | None:
+        """The model name the index was built with, or None when there is no such index yet."""
+        from vtr.index.store import list_indexes
+
+        return next((i.model_name for i in list_indexes(self.home, db_url=self.db_url) if i.name == self.index_name),
+                    None)
+
     def _model_identity(self) -> tuple[str, str | None]:
         """(name, weights sha256) of the model as the index records it, without loading the weights."""
-        from vtr.model.registry import read_meta, resolve_model_path
+        from vtr.model.registry import default_model, read_meta, resolve_model_path
 
         path = resolve_model_path(self.model_ref, self.home)
         if path is None:
             raise ConfigError("no model: pass --model NAME|DIR, or set a default with `vtr models default NAME`")
-        meta = read_meta(path)
-        return str(self.model_ref or path.name), meta.get("weights_sha256")
+        meta = read_meta(path)  # the default model is recorded by its registered name (searches resolve it)
+        return str(self.model_ref or default_model(self.home) or path.name), meta.get("weights_sha256")
 
-    def _open_store(self, read_only: bool, reindex: bool = False, write: bool = True):
+    def _model_config(self):
+        """The model's config (config.json), without loading its weights."""
+        if self._model is not None:
+            return self._model.cfg
+        import json
+
+        from vtr.model.registry import CONFIG_FILE, resolve_model_path
+        from vtr.model.retrieval import RetrievalConfig
+
+        path = resolve_model_path(self.model_ref, self.home)
+        if path is None:
+            return self.model.cfg  # not a model directory: create_model says what is wrong
+        return RetrievalConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+
+    def _open_store(self, read_only: bool, reindex: bool = False, write: bool = True, lock_timeout_s: float = 0.0):
         from vtr.index.store import LibraryStore
 
         kw: dict[str, Any] = {}
         if write:
             name, sha = self._model_identity()
-            kw = {"model_name": name, "weights_sha256": sha, "embed_dim": self.model.cfg.embed_dim,
-                  "factory": self.factory}
+            kw = {"model_name": name, "weights_sha256": sha, "embed_dim": self._model_config().embed_dim,
+                  "factory": self.factory, "lock_timeout_s": lock_timeout_s}
         return LibraryStore.open(self.home, self.index_name, db_url=self.db_url, read_only=read_only,
                                  reindex=reindex, device=self.device.type, **kw)
 
@@ -152,8 +177,31 @@ class Library:
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Text embeddings: from the cached text tower when the full model is not loaded (CPU), else the model
+        (whose tower is then cached for the next search process)."""
+        if self._model is None and (tower := self._text_tower(load=True)) is not None:
+            return tower.encode(list(texts))
         tok = self.model.tokenize(list(texts))
-        return self.model.encode_text(tok["input_ids"], tok["attention_mask"]).embeds
+        embeds = self.model.encode_text(tok["input_ids"], tok["attention_mask"]).embeds
+        self._text_tower(load=False)
+        return embeds
+
+    def _text_tower(self, load: bool):
+        """``load``: the cached tower (or None); else write the cache from the loaded model. CPU fp32 only."""
+        if self.device.type != "cpu" or self._tower is not None:
+            return self._tower
+        from vtr.model.text_tower import cache_path, load_text_tower, save_text_tower
+
+        sha = self._model_identity()[1]
+        if not sha:
+            return None
+        max_len = self._model_config().max_txt_l
+        path = cache_path(self.home, sha, max_len)
+        if load:
+            self._tower = load_text_tower(path, max_len)
+        elif not path.exists() and self._model is not None and next(self._model.parameters()).dtype == torch.float32:
+            save_text_tower(self._model, path, max_len)
+        return self._tower
 
     # ------------------------------------------------------------------ indexing
 
@@ -173,6 +221,8 @@ class Library:
         progress: bool = True,
         on_video: Callable[[str], None] | None = None,
         max_windows: int | None = None,
+        yes: bool = False,
+        wait_s: float = 0.0,
     ) -> IndexReport:
         """Index the videos under ``paths`` (incremental: unchanged files are skipped; resumable after a crash).
 
@@ -182,17 +232,23 @@ class Library:
         vectors refuses a different policy unless ``reindex``. Bad files are recorded with their reason and
         skipped. A video is decoded in chunks of at most ``max_windows`` windows (default ``batch_size``), so
         memory does not grow with its length; the catalog commits each encoder batch of complete videos
-        atomically (a video is committed with all its segments or not at all).
+        atomically (a video is committed with all its segments or not at all). ``prune`` removes files gone from
+        disk (refused below a missing or unreadable root, and for most of an index unless ``yes``). ``wait_s``:
+        how long to wait for another writer of this index. The model is loaded only when there is something to
+        encode.
         """
+
+        from vtr.data.clips import ClipDataset, ClipRequest, clip_loader
         from vtr.index.store import VideoEntry
 
         t0 = time.perf_counter()
         report = IndexReport()
-        model = self.model
-        frames = frames or model.cfg.num_frames
+        if self.model_ref is None and not reindex:
+            self.model_ref = self._existing_index_model()  # an existing index goes on with its own model
+        frames = frames or self._model_config().num_frames
         default = default_policy(frames)
         requested = requested_policy(segment, stride, default)
-        with self._open_store(read_only=False, reindex=reindex) as store:
+        with self._open_store(read_only=False, reindex=reindex, lock_timeout_s=wait_s) as store:
             if reindex:
                 store.reindex()
             total, multi = store.segment_counts()
@@ -202,10 +258,18 @@ class Library:
             if policy != stored:
                 store.set_segment_policy(policy)
             report.segmentation = policy.to_dict()
-            plan = store.plan([os.fspath(p) for p in paths], prune=prune, retry_failed=retry_failed)
-            report.unchanged, report.touched = len(plan.unchanged), len(plan.touched)
+            plan = store.plan([os.fspath(p) for p in paths], prune=prune, retry_failed=retry_failed, yes=yes)
+            known = plan.known_failures
+            report.known_failures = [{"path": i.path, "reason": i.error or "", "message": None} for i in known]
+            report.unchanged, report.touched = len(plan.unchanged) - len(known), len(plan.touched)
             report.pruned = len(plan.deleted) if plan.pruned else 0
+            report.missing = 0 if plan.pruned else len(plan.deleted)
             todo = plan.to_index
+            if not todo:
+                store.flush()
+                report.wall_s = round(time.perf_counter() - t0, 3)
+                return report
+            model = self.model
             clips = ClipDataset([ClipRequest(p.path, content_hash=p.content_hash) for p in todo], frames,
                                 model.cfg.img_size, policy=policy, probe=True, hash_content=True,
                                 dtype=torch.float16, max_windows=max_windows or batch_size)
@@ -294,7 +358,7 @@ class Library:
                             dropped.add(item["i"])
                             partial.pop(item["i"], None)
                             store.mark_failed(path, item["error"])
-                            report.failed.append({"path": path, "reason": item["error"], "error": item["message"]})
+                            report.failed.append({"path": path, "reason": item["error"], "message": item["message"]})
                             bar.video_done()
                         else:
                             n = len(item["windows"])
@@ -325,8 +389,12 @@ class Library:
         Neighbouring windows of one video are collapsed into one hit with the best window's start-end
         (:func:`vtr.collapse.collapse_windows`); ``all_windows`` lists every window instead.
         """
-        self._adopt_index_model()
         texts = [queries] if isinstance(queries, str) else list(queries)
+        blank = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if blank:
+            raise ConfigError(f"empty query{'' if len(texts) == 1 else f' (number {blank[0] + 1})'}: "
+                              "say in words what to look for, e.g. vtr search \"person chopping onions\"")
+        self._adopt_index_model()
         if not texts:
             return []
         text_embeds = self.encode_text(texts)
@@ -338,6 +406,9 @@ class Library:
 
     def search_video(self, path: str | os.PathLike, k: int = 10, all_windows: bool = False) -> list[SearchHit]:
         """Video-to-video search: the query clip's mean frame feature against the library."""
+        from vtr.data.decode import read_frames
+        from vtr.data.transforms import eval_transform
+
         self._adopt_index_model()
         frames = self.model.cfg.num_frames
         clip = eval_transform(read_frames(os.fspath(path), frames, "middle").frames, self.model.cfg.img_size)
@@ -365,6 +436,9 @@ class Library:
     def _rerank(self, text: str, hits: list[SearchHit]) -> list[SearchHit]:
         if not hits:
             return hits
+        from vtr.data.decode import read_frames
+        from vtr.data.transforms import eval_transform
+
         model = self.model
         dtype = next(model.parameters()).dtype
         tok = model.tokenize([text])
@@ -380,7 +454,7 @@ class Library:
             tokens = model.encode_video(video).tokens
             logit = model.itm_logits(tokens, states, tok["attention_mask"])[0, 1].float().item()
             scored.append(SearchHit(0, logit, hit.path, hit.start_s, hit.end_s, dual_score=hit.score,
-                                    windows=hit.windows))
+                                    score_kind="itm_logit", windows=hit.windows))
         scored.sort(key=lambda h: -h.score)
         for r, h in enumerate(scored):
             h.rank = r + 1

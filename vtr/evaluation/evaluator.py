@@ -132,7 +132,7 @@ class RetrievalEvaluator:
             for batch in iter_clip_batches(requests, batch_size=st.video_batch_size, num_workers=st.workers,
                                            num_frames=frames, size=size, max_seconds=max_seconds):
                 for pos, reason, msg in batch.failures:
-                    failures.append({"video": ds.video_paths[mine[pos]], "reason": reason, "error": msg})
+                    failures.append({"path": ds.video_paths[mine[pos]], "reason": reason, "message": msg})
                 if batch.video is not None:
                     with self._autocast(device, dtype):
                         feats = model.encode_video(batch.video.to(device, dtype, non_blocking=True))
@@ -142,7 +142,7 @@ class RetrievalEvaluator:
                 bar.update(len(batch.positions) + len(batch.failures))
         if not embeds:
             raise RuntimeError(f"none of the {len(requests)} videos could be decoded; first error: "
-                               f"{failures[0]['error'] if failures else 'n/a'}")
+                               f"{failures[0]['message'] if failures else 'n/a'}")
         feats = VideoFeatureSet(torch.cat(embeds), torch.cat(tokens), positions, failures)
         if world > 1:
             feats = _gather_features(feats, world)
@@ -204,7 +204,9 @@ class RetrievalEvaluator:
                          "transform": "squash-resize bicubic, /255, ImageNet mean/std",
                          "similarity": "mean over frames of per-frame cosine", "rerank_k": st.rerank_k,
                          "itm_score": "itm_head logit[:, 1] (raw)", "dual_softmax": st.dual_softmax},
-            "model": {"name": model_name or getattr(model.cfg, "name", "?"),
+            "model": {"name": model_name or getattr(model, "source_name", None) or getattr(model.cfg, "name", "?"),
+                      "architecture": getattr(model.cfg, "name", None),
+                      "path": getattr(model, "source_path", None),
                       "weights_sha256": getattr(model, "weights_sha256", None)},
             "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),

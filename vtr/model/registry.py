@@ -86,6 +86,7 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device | None = 
         raise CheckpointError(f"weights in {str(path)!r} do not match its config: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
     model.weights_sha256 = read_meta(path).get("weights_sha256")
+    model.source_name, model.source_path = path.name, str(path.resolve())  # what reports name (e.g. vtr eval)
     return model.to(device) if device is not None else model
 
 
@@ -174,7 +175,10 @@ def create_model(
     """
     path = resolve_model_path(name, home)
     if path is not None and not overrides:
-        return load_model_dir(path, device)
+        model = load_model_dir(path, device)
+        if name is None or not is_model_dir(name):  # the default or an installed model: its registered name
+            model.source_name = str(name) if name is not None else default_model(home) or path.name
+        return model
     if name is None:
         raise ConfigError("no model given and no default model in the data home: pass --model NAME|DIR, or "
                           "import one with `vtr models import FILE` (see README: Official weights)")
