@@ -95,8 +95,8 @@ def check_single(x: dict, reverse: bool, tol: float, gtol: float) -> None:
     """Triton vs the float64 reference: output and the gradient of every input."""
     inputs = {k: v.clone().requires_grad_() for k, v in x.items()}
     ref_in = {k: v.detach().double().requires_grad_() for k, v in x.items()}
-    y = ts.selective_scan_triton(**inputs, reverse=reverse)
-    y_ref = selective_scan_reference(**ref_in, reverse=reverse)
+    y = run(ts.selective_scan_triton, inputs, reverse=reverse)
+    y_ref = run(selective_scan_reference, ref_in, reverse=reverse)
     assert y.dtype == x["u"].dtype and y.shape == y_ref.shape
     assert rel_err(y, y_ref) < tol, f"forward: relative error {rel_err(y, y_ref):.2e}"
     gy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
@@ -123,7 +123,7 @@ def check_bidirectional(xf: dict, xb: dict, z: torch.Tensor, tol: float) -> None
     y = ts.bidirectional_selective_scan(*flat)
     flat2 = [t.detach().clone().requires_grad_() for t in flat]
     f2, b2, z2 = as_dirs(flat2)
-    y2 = ts.selective_scan_triton(**f2, z=z2) + ts.selective_scan_triton(**b2, z=z2, reverse=True)
+    y2 = run(ts.selective_scan_triton, f2, z=z2) + run(ts.selective_scan_triton, b2, z=z2, reverse=True)
     assert rel_err(y, y2) < tol
     gy = torch.randn_like(y)
     for a, b in zip(torch.autograd.grad(y, flat, gy), torch.autograd.grad(y2, flat2, gy), strict=True):
@@ -178,8 +178,8 @@ def test_longest_sequence(reverse):
     x = make_inputs(1, 24, 16, 12545, seed=7, device="cuda")
     inputs = {k: v.clone().requires_grad_() for k, v in x.items()}
     ref_in = {k: v.detach().double().requires_grad_() for k, v in x.items()}
-    y = ts.selective_scan_triton(**inputs, reverse=reverse)
-    y_ref = ss.selective_scan_chunked(**ref_in, reverse=reverse)
+    y = run(ts.selective_scan_triton, inputs, reverse=reverse)
+    y_ref = run(ss.selective_scan_chunked, ref_in, reverse=reverse)
     assert rel_err(y, y_ref) < 2e-6
     gy = torch.randn_like(y_ref)
     g, g_ref = grads(y, inputs, gy.float()), grads(y_ref, ref_in, gy)
@@ -217,7 +217,7 @@ def test_bidirectional_matches_reference():
     ref = [t.detach().double().requires_grad_() for t in flat]
     y = ts.bidirectional_selective_scan(*flat)
     rf, rb, rz = as_dirs(ref)
-    y_ref = selective_scan_reference(**rf, z=rz) + selective_scan_reference(**rb, z=rz, reverse=True)
+    y_ref = run(selective_scan_reference, rf, z=rz) + run(selective_scan_reference, rb, z=rz, reverse=True)
     assert rel_err(y, y_ref) < 2e-6
     gy = torch.randn_like(y_ref)
     for a, b in zip(torch.autograd.grad(y, flat, gy.float()), torch.autograd.grad(y_ref, ref, gy), strict=True):
@@ -253,7 +253,7 @@ def test_token_major_views_give_the_same_result():
     a = make_inputs(2, 40, 16, 100, seed=17, device="cuda")
     b = make_inputs(2, 40, 16, 100, seed=17, device="cuda", token_major=True)
     assert b["u"].stride(1) == 1
-    torch.testing.assert_close(ts.selective_scan_triton(**a), ts.selective_scan_triton(**b), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(run(ts.selective_scan_triton, a), run(ts.selective_scan_triton, b), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.gpu
