@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run on a CUDA machine from the repo root, with a vtr wheel in .whl/ (built by `make wheel`):
-#   bash benchmarks/device_run.sh [all|tests|encoder|scan|index|search|world|train_throughput|shapes|ddp] [ARGS...]
+#   bash benchmarks/device_run.sh [all|tests|report|encoder|scan|index|search|world|train_throughput|shapes|ddp] [ARGS...]
+# `report` (issue 13): the GPU tests + benchmarks/gpu_report.py against mamba-ssm's CUDA scan, built from the sdist
+# in sdist/ (MAMBA_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-build-isolation mamba-ssm==2.3.2.post1 -d sdist).
 # (ARGS go to the benchmark script)
 # Installs the wheel (no deps: torch/transformers/einops come from the machine), runs the GPU tests and
 # the encoder benchmark; logs and JSON results go to $OUT (default benchmarks/results).
@@ -11,7 +13,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /
 export PYTHONPATH=/tmp/vtr_site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 what=${1:-all}; shift || true
-if [[ $what == tests || $what == all ]]; then
+if [[ $what == tests || $what == all || $what == report ]]; then
   # conftest.py needs PyAV, which the device image lacks; these files need no fixtures from it.
   # Run from another folder: with `python -m pytest` the cwd comes first on sys.path, and the repo's own
   # vtr/ (which lacks the mapped encoders/) would shadow the installed wheel.
@@ -20,6 +22,10 @@ if [[ $what == tests || $what == all ]]; then
     "$repo/tests/test_selective_scan.py" "$repo/tests/test_videomamba.py" "$repo/tests/test_triton_scan.py" \
     "$repo/tests/test_triton_norm.py" 2>&1) \
     | tee "$OUT/gpu_tests.log" | tail -25
+fi
+if [[ $what == report ]]; then
+  sdist=$(ls sdist/mamba_ssm-*.tar.gz 2>/dev/null | head -1)
+  python3 benchmarks/gpu_report.py --out "$OUT" ${sdist:+--mamba-sdist "$sdist"} "$@" 2>&1 | tee "$OUT/gpu_report.log"
 fi
 if [[ $what == scan || $what == all ]]; then
   # fused Triton scan vs chunked vs the HBM floor (+ torch.profiler of encoder steps with --profile)

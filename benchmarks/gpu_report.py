@@ -75,7 +75,8 @@ def build_cuda_scan(sdist: str):
     src = [os.path.join(root, d, "csrc", "selective_scan") for d in os.listdir(root)][0]
     files = ["selective_scan.cpp"] + [f for f in sorted(os.listdir(src)) if f.endswith(".cu")]
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 8))
-    os.makedirs("/tmp/ssbuild", exist_ok=True)
+    build = os.environ.get("SS_BUILD", "/tmp/ssbuild")  # kept between runs on a warm machine when outside the copy
+    os.makedirs(build, exist_ok=True)
     flags = ["-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__", "-U__CUDA_NO_BFLOAT16_OPERATORS__",
              "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_BFLOAT162_OPERATORS__",
              "-U__CUDA_NO_BFLOAT162_CONVERSIONS__"]
@@ -83,7 +84,7 @@ def build_cuda_scan(sdist: str):
                 extra_cflags=["-O3", "-std=c++17"],
                 extra_cuda_cflags=["-O3", "-std=c++17", *flags, "--expt-relaxed-constexpr", "--expt-extended-lambda",
                                    "--use_fast_math", "-gencode", "arch=compute_90,code=sm_90", "--threads", "4"],
-                extra_include_paths=[src], build_directory="/tmp/ssbuild", verbose=False)
+                extra_include_paths=[src], build_directory=build, verbose=False)
 
 
 # ------------------------------------------------------------------------------------------------ scan

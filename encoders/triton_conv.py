@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from vtr.encoders.grad_pair import grad_pair_of
 from vtr.encoders.selective_scan import causal_conv1d_reference
 from vtr.encoders.triton_common import (
     HAS_TRITON,
@@ -213,6 +214,7 @@ class _ConvFn(torch.autograd.Function):
                 BL=CONV_BL, BE=CONV_BE, EVEN_E=channels % CONV_BE == 0, FAST=fast_math(), num_warps=4,
             )
         ctx.save_for_backward(x, w0c, b0, w1c, b1_)
+        ctx.grad_pair = grad_pair_of(x)  # dx goes straight into in_proj's output gradient (grad_pair.py)
         ctx.meta = (ndir, bool(rev0), bool(silu), w0.shape, None if b0 is None else b0.dtype)
         return tuple(ys) if ndir == 2 else ys[0]
 
@@ -224,7 +226,9 @@ class _ConvFn(torch.autograd.Function):
         width = w0c.shape[-1]
         gys = [g if g is not None else torch.zeros_like(x) for g in gys]
         g1 = gys[1] if ndir == 2 else gys[0]
-        dx = new_buffer(batch, channels, length, x.dtype, x.device, token_major(x))
+        dx = ctx.grad_pair.half(0, x) if ctx.grad_pair is not None else None
+        if dx is None:
+            dx = new_buffer(batch, channels, length, x.dtype, x.device, token_major(x))
         if not length:
             dws = [torch.zeros(channels, width, dtype=torch.float32, device=x.device) for _ in range(ndir)]
             dbs = [torch.zeros(channels, dtype=torch.float32, device=x.device) for _ in range(ndir)]

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import torch
 
+from vtr.encoders.grad_pair import grad_pair_of
 from vtr.encoders.selective_scan import ScanDirection, check_direction, selective_scan_chunked
 from vtr.encoders.triton_common import (
     HAS_TRITON,
@@ -520,6 +521,7 @@ class _ScanFn(torch.autograd.Function):
         )
         if need_grad:
             ctx.save_for_backward(z, S if has_z else None, carry, *[t for p in prepared for t in p])
+            ctx.grad_pair = grad_pair_of(z)  # dz goes straight into in_proj's output gradient (grad_pair.py)
             ctx.meta = (ndir, bool(rev0), bool(softplus), has_d, has_bias, has_z, nseg, padded)
             ctx.orig = [(p[0].dtype, p[1].dtype, p[2].dtype, p[3].dtype, p[4].dtype,
                          None if p[5] is None else p[5].dtype, None if p[6] is None else p[6].dtype) for p in per]
@@ -550,7 +552,10 @@ class _ScanFn(torch.autograd.Function):
                 torch.zeros(channels, dtype=torch.float32, device=device),
                 torch.zeros(channels, dtype=torch.float32, device=device),
             ))
-        dz = new_buffer(batch, channels, length, z.dtype, device, token_major(z)) if has_z else None
+        if has_z and ctx.grad_pair is not None:  # the scan's backward runs before the conv's: a fresh buffer
+            dz = ctx.grad_pair.half(1, z, fresh=True)
+        else:
+            dz = new_buffer(batch, channels, length, z.dtype, device, token_major(z)) if has_z else None
         if gy.stride(1) != 1 and gy.stride(2) != 1:
             gy = gy.contiguous()
         ksub = SEG // BWD_T

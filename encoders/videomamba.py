@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from vtr.encoders.grad_pair import split_xz
 from vtr.encoders.selective_scan import ScanBackend, ScanDirection, get_backend
 from vtr.errors import ConfigError
 
@@ -179,7 +180,7 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: [B, L, d] -> [B, L, d]."""
-        x, z = self.in_proj(h).transpose(1, 2).chunk(2, dim=1)  # each [B, E, L]
+        x, z = split_xz(self.in_proj(h))  # each [B, E, L]; their gradients land in one buffer (grad_pair.py)
         ops = self.ops or self._resolve_now(h.device)
         u_f, u_b = ops.bidirectional_conv(x, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight,
                                           self.conv1d_b.bias)

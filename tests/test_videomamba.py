@@ -525,3 +525,57 @@ def test_full_umt_model_optimised_path_equals_reference(monkeypatch):
     assert name != "reference" and ref_name == "reference"
     torch.testing.assert_close(sim, sim_ref, rtol=0, atol=2e-2)
     torch.testing.assert_close(itm, itm_ref, rtol=0, atol=2e-2)
+
+
+def test_split_xz_gradient_equals_concatenation():
+    """Without a backward that writes into the GradPair (CPU backends), split_xz's gradient is autograd's."""
+    from vtr.encoders.grad_pair import grad_pair_of, split_xz
+
+    xz = torch.randn(2, 7, 10)
+    for use_z in (True, False):
+        a, b = xz.clone().requires_grad_(), xz.clone().requires_grad_()
+        x1, z1 = a.transpose(1, 2).chunk(2, dim=1)
+        x2, z2 = split_xz(b)
+        assert grad_pair_of(x2) is grad_pair_of(z2) is not None
+        torch.testing.assert_close(x2, x1)
+        torch.testing.assert_close(z2, z1)
+        ((x1 * 3).sum() + ((z1**2).sum() if use_z else 0)).backward()
+        ((x2 * 3).sum() + ((z2**2).sum() if use_z else 0)).backward()
+        torch.testing.assert_close(b.grad, a.grad)
+    with torch.no_grad():
+        x, _ = split_xz(xz.requires_grad_())
+    assert grad_pair_of(x) is None
+
+
+def test_grad_pair_hands_out_each_half_once():
+    from vtr.encoders.grad_pair import GradPair
+
+    pair = GradPair()
+    like = torch.empty(2, 5, 7)
+    z_half = pair.half(1, like, fresh=True)
+    x_half = pair.half(0, like)
+    assert z_half.shape == x_half.shape == like.shape
+    assert x_half.data_ptr() == pair.buf.data_ptr() and z_half.data_ptr() == pair.buf[..., 5:].data_ptr()
+    assert pair.half(0, like) is None  # x used twice: the second backward allocates its own
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_forward_equals_eager():
+    from vtr.encoders.cuda_graph import GraphedForward
+
+    torch.manual_seed(0)
+    model = create_video_encoder("videomamba_tiny", num_frames=8, depth=2).cuda().eval()
+    video = torch.randn(2, 8, 3, 224, 224, device="cuda")
+
+    def fwd(v):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(v).pooled
+
+    with torch.inference_mode():
+        graphed = GraphedForward(fwd, video)
+        for _ in range(2):  # a new input each call, copied into the captured one
+            video = torch.randn_like(video)
+            torch.testing.assert_close(graphed(video).float(), fwd(video).float(), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="captured for"):
+        graphed(video[:1])
