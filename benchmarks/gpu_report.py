@@ -372,6 +372,8 @@ def main() -> None:
     ap.add_argument("--frames", nargs="+", type=int, default=[8, 16, 32, 64])
     ap.add_argument("--graph-batches", nargs="+", type=int, default=[1, 4, 32])
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--wait-for", default=None, help="after the CUDA build, wait (<= 300 s) until this file exists "
+                    "(device_run.sh runs the GPU tests meanwhile)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="gpu_report")
     args = ap.parse_args()
@@ -391,6 +393,11 @@ def main() -> None:
             res["cuda_scan_build_error"] = repr(exc)[:2000]
             traceback.print_exc()
         log("mamba-ssm CUDA scan:", res.get("cuda_scan_build_s", "build failed"))
+    if args.wait_for:
+        t0 = time.time()
+        while not os.path.exists(args.wait_for) and time.time() - t0 < 300:
+            time.sleep(1)
+        res["waited_for_tests_s"] = round(time.time() - t0, 1)
     for section in args.sections:
         t0 = time.time()
         if section == "scan":
