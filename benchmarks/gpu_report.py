@@ -29,6 +29,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -285,6 +286,8 @@ def umt_train(batch: int) -> dict:
 
     torch.manual_seed(0)
     model = build_model(config_for("videomamba_m16_umt", mlm_head=True), text_pretrained=False).to(DEV).train()
+    # MLM masking reads only three token ids from the tokenizer (BERT's), whose package the device lacks
+    model._tokenizer = SimpleNamespace(mask_token_id=103, pad_token_id=0, cls_token_id=101)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     video = torch.randn(batch, 8, 3, 224, 224, device=DEV)
     ids = torch.randint(1000, 30000, (batch, 32), device=DEV)
