@@ -35,12 +35,16 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from vtr.encoders.scan_types import ScanDirection, ScanFn, check_direction
 from vtr.errors import ConfigError
+
+__all__ = ["ScanBackend", "ScanDirection", "ScanFn", "available_backends", "causal_conv1d", "check_direction",
+           "get_backend", "register_backend", "resolve_backend", "selective_scan", "selective_scan_chunked",
+           "selective_scan_reference"]
 
 ENV_VAR = "VTR_SCAN_BACKEND"
 
@@ -54,23 +58,6 @@ CUDA_CHUNKING = (256, 16)
 
 # ----------------------------------------------------------------------------------------------------------
 # shared helpers
-
-
-class ScanDirection(NamedTuple):
-    """The inputs of one scan direction: u, delta (B, E, L); A (E, N), negative; Bm, Cm (B, N, L); D and
-    delta_bias (E,) or None. The gate z is shared by both directions of a mixer and passed beside it."""
-
-    u: torch.Tensor
-    delta: torch.Tensor
-    A: torch.Tensor
-    Bm: torch.Tensor
-    Cm: torch.Tensor
-    D: torch.Tensor | None = None
-    delta_bias: torch.Tensor | None = None
-
-
-ScanFn = Callable[[ScanDirection, "torch.Tensor | None", bool, bool], torch.Tensor]
-"""``scan(d, z, delta_softplus, reverse) -> y (B, E, L)`` in u's dtype: the one signature of every backend."""
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -103,21 +90,6 @@ def _epilogue(
     if z is not None:
         y = y * F.silu(z.to(y.dtype))
     return y
-
-
-def check_direction(d: ScanDirection) -> None:
-    """Raise ValueError unless the shapes of ``d`` fit together."""
-    u, delta, A, Bm, Cm = d.u, d.delta, d.A, d.Bm, d.Cm
-    if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must both be (B, E, L), got {tuple(u.shape)} and {tuple(delta.shape)}")
-    batch, channels, length = u.shape
-    if A.dim() != 2 or A.shape[0] != channels:
-        raise ValueError(f"A must be (E={channels}, N), got {tuple(A.shape)}")
-    for name, m in (("Bm", Bm), ("Cm", Cm)):
-        if tuple(m.shape) != (batch, A.shape[1], length):
-            raise ValueError(
-                f"{name} must be (B, N, L) = {(batch, A.shape[1], length)}, got {tuple(m.shape)}"
-            )
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from vtr.encoders.grad_pair import grad_pair_of
-from vtr.encoders.selective_scan import causal_conv1d_reference
 from vtr.encoders.triton_common import (
     HAS_TRITON,
     fast_math,
@@ -277,6 +276,8 @@ def causal_conv1d_triton(
 ) -> torch.Tensor:
     """Depthwise causal (anti-causal with ``reverse``) conv over L, then SiLU; fp32 accumulation."""
     if x.dtype == torch.float64 or not triton_available(x.device):
+        from vtr.encoders.selective_scan import causal_conv1d_reference  # fallback only (the registry imports us)
+
         return causal_conv1d_reference(x, weight, bias, activation, reverse)
     with torch.autocast(device_type=x.device.type, enabled=False):
         return _ConvFn.apply(1, reverse, activation == "silu", x, weight, bias, None, None)
@@ -292,6 +293,8 @@ def bidirectional_causal_conv1d(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(causal conv of x with weight_f, anti-causal conv with weight_b), each + SiLU, from one read of x."""
     if x.dtype == torch.float64 or not triton_available(x.device):
+        from vtr.encoders.selective_scan import causal_conv1d_reference  # fallback only (the registry imports us)
+
         return (causal_conv1d_reference(x, weight_f, bias_f, activation),
                 causal_conv1d_reference(x, weight_b, bias_b, activation, reverse=True))
     if (bias_f is None) != (bias_b is None):

@@ -56,7 +56,7 @@ from __future__ import annotations
 import torch
 
 from vtr.encoders.grad_pair import grad_pair_of
-from vtr.encoders.selective_scan import ScanDirection, check_direction, selective_scan_chunked
+from vtr.encoders.scan_types import ScanDirection, check_direction
 from vtr.encoders.triton_common import (
     HAS_TRITON,
     fast_math,
@@ -593,6 +593,8 @@ def selective_scan_triton(d: ScanDirection, z: torch.Tensor | None = None, delta
     """The selective scan (one direction) in one fused Triton kernel; the scan backend contract."""
     check_direction(d)
     if d.u.dtype == torch.float64 or not triton_available(d.u.device):
+        from vtr.encoders.selective_scan import selective_scan_chunked  # fallback only (the registry imports us)
+
         return selective_scan_chunked(d, z, delta_softplus, reverse)
     with torch.autocast(device_type=d.u.device.type, enabled=False):
         return _ScanFn.apply(1, reverse, delta_softplus, z, *d)
@@ -611,6 +613,8 @@ def bidirectional_selective_scan(fwd: ScanDirection, bwd: ScanDirection, z: torc
     if (fwd.D is None) != (bwd.D is None) or (fwd.delta_bias is None) != (bwd.delta_bias is None):
         raise ValueError("give D and delta_bias for both directions or for neither")
     if fwd.u.dtype == torch.float64 or not triton_available(fwd.u.device):
+        from vtr.encoders.selective_scan import selective_scan_chunked  # fallback only (the registry imports us)
+
         return (selective_scan_chunked(fwd, z, delta_softplus)
                 + selective_scan_chunked(bwd, z, delta_softplus, reverse=True))
     with torch.autocast(device_type=fwd.u.device.type, enabled=False):

@@ -429,3 +429,15 @@ def test_mamba_ssm_backend(reverse: bool) -> None:
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+@pytest.mark.parametrize("module", ["triton_scan", "triton_conv", "triton_norm", "triton_backend", "grad_pair"])
+def test_kernel_modules_import_first_without_a_cycle(module: str) -> None:
+    """Each kernel module imports on its own (before the registry), and the registry still ends up complete."""
+    import subprocess
+    import sys
+
+    code = (f"import vtr.encoders.{module}; from vtr.encoders import selective_scan as ss; "
+            "from vtr.encoders.triton_common import HAS_TRITON; "
+            "assert ('triton' in ss._BACKENDS) == HAS_TRITON, list(ss._BACKENDS)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
