@@ -421,8 +421,9 @@ if HAS_TRITON:
                 h = tl.flip(hf, 0)
                 g_carry = _first(a * h)
                 # dC_t = sum_e gr_t s_t ; dB_t = sum_e h_t dt_t u_t
-                dC = tl.sum(tl.sum(gr[:, :, None, :] * st, axis=3), axis=1)
-                dB = tl.sum(tl.sum(h * dtu[:, :, None, :], axis=3), axis=1)
+                # sum over ES first (inside each thread), then over EL (across lanes: shuffles on half the values)
+                dC = tl.sum(tl.sum(gr[:, :, None, :] * st, axis=1), axis=2)
+                dB = tl.sum(tl.sum(h * dtu[:, :, None, :], axis=1), axis=2)
                 tl.atomic_add(dC_ptr + bc_off, dC, mask=bc_m, sem="relaxed")
                 tl.atomic_add(dB_ptr + bc_off, dB, mask=bc_m, sem="relaxed")
                 hB = tl.sum(h * Bt[:, None, :, None], axis=2)
