@@ -167,6 +167,47 @@ def scan_rows(ss, frames_list: list[int]) -> list[dict]:
     return rows
 
 
+def seg_sweep(segs: list[int]) -> dict:
+    """Steps between the states the forward stores for the backward (``triton_scan.SEG``): the backward's per-program
+    scratch (one state per chunk of a segment) and the forward's carry tensor both scale with it. Times the fused
+    scan (fwd without grad, fwd+bwd) at M / 8 frames and Ti / 64 frames; keeps the fastest for the sections after."""
+    from vtr.encoders import triton_scan as ts
+
+    rows, default = [], ts.SEG
+    for seg in segs:
+        ts.SEG = seg
+        for name, T in (("M", 8), ("Ti", 64)):
+            E, N, B, L = 2 * WIDTHS[name], 16, 32, 1 + 196 * T
+            g = torch.Generator(device=DEV).manual_seed(0)
+
+            def rnd(*sh, scale=1.0, g=g):
+                return (torch.randn(*sh, device=DEV, generator=g) * scale).to(torch.bfloat16)
+
+            dirs = [ScanDirection(rnd(B, E, L).requires_grad_(), rnd(B, E, L, scale=0.5).requires_grad_(),
+                                  -torch.exp(torch.rand(E, N, device=DEV, generator=g) * 2).float(),
+                                  rnd(B, N, L).requires_grad_(), rnd(B, N, L).requires_grad_(),
+                                  torch.randn(E, device=DEV, generator=g).float(),
+                                  (torch.rand(E, device=DEV, generator=g) * -4).float()) for _ in range(2)]
+            z, gy = rnd(B, E, L).requires_grad_(), rnd(B, E, L)
+            row = {"SEG": seg, "model": name, "frames": T, "B": B,
+                   "carry_mib": round(2 * B * -(-L // seg) * N * E * 4 / 2**20, 1)}
+            try:
+                with torch.no_grad():
+                    row["fwd_ms"] = bench(lambda dirs=dirs, z=z: ts.bidirectional_selective_scan(*dirs, z), iters=5)
+                row["fwdbwd_ms"] = bench(lambda dirs=dirs, z=z, gy=gy: ts.bidirectional_selective_scan(*dirs, z)
+                                         .backward(gy), iters=3, warm=2)
+            except Exception as exc:  # noqa: BLE001
+                row["error"] = repr(exc)[:300]
+            log(json.dumps(row))
+            rows.append(row)
+            del dirs, z, gy
+            torch.cuda.empty_cache()
+    timed = [r for r in rows if r["model"] == "M" and "fwdbwd_ms" in r]
+    best = min(timed, key=lambda r: r["fwdbwd_ms"])["SEG"] if timed else default
+    ts.SEG = best
+    return {"rows": rows, "chosen": best, "default_before": default}
+
+
 # ------------------------------------------------------------------------------------------------ encoders
 
 
@@ -308,10 +349,11 @@ def umt_train(batch: int) -> dict:
     return out
 
 
-def train_rows(batch: int) -> dict:
+def train_rows(batch: int, labels: list[str]) -> dict:
     res: dict = {}
-    for label, ctor in (("vm_m", lambda: make_encoder("vm", "M", 8)), ("vit_b", lambda: make_encoder("vit", "M", 8)),
-                        ("vm_s", lambda: make_encoder("vm", "S", 8)), ("vit_s", lambda: make_encoder("vit", "S", 8))):
+    ctors = {"vm_m": lambda: make_encoder("vm", "M", 8), "vit_b": lambda: make_encoder("vit", "M", 8),
+             "vm_s": lambda: make_encoder("vm", "S", 8), "vit_s": lambda: make_encoder("vit", "S", 8)}
+    for label, ctor in ((k, v) for k, v in ctors.items() if k in labels):
         m = None
         try:
             torch.manual_seed(0)
@@ -322,6 +364,8 @@ def train_rows(batch: int) -> dict:
         del m
         torch.cuda.empty_cache()
         log(label, json.dumps(res[label]))
+    if "umt_m16" not in labels:
+        return res
     try:
         res["umt_m16"] = umt_train(batch)
     except Exception as exc:  # noqa: BLE001
@@ -371,7 +415,10 @@ def profile_rows(batch: int, top: int = 18) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mamba-sdist", default=None, help="mamba_ssm sdist (.tar.gz) to build the CUDA anchor from")
-    ap.add_argument("--sections", nargs="+", default=["scan", "encoder", "graph", "train", "profile"])
+    ap.add_argument("--sections", nargs="+", default=["scan", "encoder", "graph", "train", "profile"],
+                    help="any of: seg scan encoder graph train profile (run in this order)")
+    ap.add_argument("--train", nargs="+", default=["vm_m", "vit_b", "vm_s", "vit_s", "umt_m16"])
+    ap.add_argument("--segs", nargs="+", type=int, default=[64, 32, 16], help="SEG values for the seg section")
     ap.add_argument("--frames", nargs="+", type=int, default=[8, 16, 32, 64])
     ap.add_argument("--graph-batches", nargs="+", type=int, default=[1, 4, 32])
     ap.add_argument("--batch", type=int, default=32)
@@ -384,6 +431,10 @@ def main() -> None:
     res: dict = {"settings": vars(args)}
 
     def save() -> None:
+        from vtr.encoders import triton_scan as ts
+
+        res["scan_constants"] = {k: getattr(ts, k) for k in ("SEG", "FWD_T", "FWD_ES", "FWD_EL", "BWD_T", "BWD_ES",
+                                                             "BWD_EL", "BWD_NPART")}
         write_result(args.out, args.tag, res)
 
     ss = None
@@ -403,14 +454,16 @@ def main() -> None:
         res["waited_for_tests_s"] = round(time.time() - t0, 1)
     for section in args.sections:
         t0 = time.time()
-        if section == "scan":
+        if section == "seg":
+            res["seg_sweep"] = seg_sweep(args.segs)
+        elif section == "scan":
             res["scan"] = scan_rows(ss, args.frames)
         elif section == "encoder":
             res["encoder"] = encoder_rows(args.frames, args.batch)
         elif section == "graph":
             res["graph"] = graph_rows(args.graph_batches)
         elif section == "train":
-            res["train_step_8f"] = train_rows(args.batch)
+            res["train_step_8f"] = train_rows(args.batch, args.train)
         elif section == "profile":
             res["profile_m_8f"] = profile_rows(args.batch)
         res.setdefault("section_s", {})[section] = round(time.time() - t0, 1)

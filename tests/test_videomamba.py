@@ -574,8 +574,13 @@ def test_graphed_forward_equals_eager():
 
     with torch.inference_mode():
         graphed = GraphedForward(fwd, video)
+        previous = None
         for _ in range(2):  # a new input each call, copied into the captured one
             video = torch.randn_like(video)
-            torch.testing.assert_close(graphed(video).float(), fwd(video).float(), rtol=0, atol=0)
+            out = graphed(video).float().clone()
+            # bf16 tolerance: the fused bidirectional scan adds its two directions in arrival order
+            torch.testing.assert_close(out, fwd(video).float(), rtol=2e-2, atol=2e-2)
+            assert previous is None or not torch.equal(out, previous)
+            previous = out
     with pytest.raises(ConfigError, match="captured for"):
         graphed(video[:1])
