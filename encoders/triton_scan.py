@@ -34,8 +34,10 @@ scratch (it stays in L2); (B) for each chunk, last to first: recompute the chunk
 state, run the adjoint recurrence h_t = a_{t+1} h_{t+1} + C_t gy_t backwards (on the tile flipped in
 registers, which is free, unlike a reverse ``associative_scan`` which shuffles every element), and form all
 gradients. a_t s_{t-1} is taken as s_t - b_t, so no shifted copy of the states is needed. dB and dC (sums over
-channels, across lanes: the costly part) and dA, dD, d_bias (sums over batch and time) are accumulated with
-relaxed float32 atomics, dB and dC into ``BWD_NPART`` partial buffers to spread same-address traffic.
+channels: summed over the ES channels inside each thread first, then across the EL lanes, which halves the
+shuffles: 1434 -> 1147 SASS instructions per chunk, benchmarks/kernel_sass.py) and dA, dD, d_bias (sums over batch
+and time) are accumulated with relaxed float32 atomics, dB and dC into ``BWD_NPART`` partial buffers to spread
+same-address traffic. Measured on the H200 (notes/issue-13.md): fwd+bwd 16-26% faster than before that change.
 
 Why stored segment carries rather than a recompute from the start: they cost N*4/SEG bytes per (step,
 channel) - with SEG=64 half of what saving one more bf16 activation would - and let the backward do one
@@ -46,7 +48,7 @@ VideoMamba-S/M shapes and 4.6-6.5x at Ti (the floor counts only the bytes; the k
 issue, about 12 instructions and one MUFU exp per (step, channel, state)), 27-61x faster than ``chunked``;
 forward + backward 14-15x the floor, 13-19x faster than ``chunked``.
 
-Inputs of one direction travel as a :class:`~vtr.encoders.selective_scan.ScanDirection`. Everything runs on CUDA
+Inputs of one direction travel as a :class:`~vtr.encoders.scan_types.ScanDirection`. Everything runs on CUDA
 tensors; with ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (slowly) for tests. Importing this
 module never fails: without triton ``HAS_TRITON`` (from ``triton_common.py``) is False and no kernel is defined.
 """
