@@ -16,6 +16,8 @@ Sections (all bf16, 224x224, timed with CUDA events, median after warm-up):
 - ``train``: one step (fwd + bwd + fused AdamW, 8 frames, batch 32) of the VideoMamba-M encoder, of the full
   ``videomamba_m16_umt`` (VTC + VTM + MLM, random weights) and of ViT-B.
 - ``profile``: torch.profiler table of the VideoMamba-M train step and inference (8 frames, batch 32).
+- ``seg``: the scan at SEG = 64 / 32 / 16 (steps between the states the forward keeps for the backward); the fastest
+  fwd+bwd at M / 8 frames is kept for the sections after it (``scan_constants`` in the JSON says which ran).
 """
 
 from __future__ import annotations
