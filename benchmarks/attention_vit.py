@@ -1,7 +1,8 @@
 """Joint space-time attention ViT (TimeSformer-style "joint" baseline of the VideoMamba paper).
 
 12 pre-LN transformer blocks over all T*196 patch tokens at once (PyTorch SDPA: flash on GPU), patch
-1x16x16, learned spatial + temporal position embeddings, mean-pooled. Widths: Ti (192, 3 heads), S (384, 6).
+1x16x16, learned spatial + temporal position embeddings, mean-pooled. Widths: Ti (192, 3 heads), S (384, 6),
+B (768, 12: UMT's tower).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-VIT_SIZES = {"vit_tiny": (192, 3), "vit_small": (384, 6)}
+VIT_SIZES = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}
 
 
 class Attention(nn.Module):

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run on a CUDA machine from the repo root, with a vtr wheel in .whl/ (built by `make wheel`):
-#   bash benchmarks/device_run.sh [all|tests|encoder|scan|index|search|world|train_throughput|shapes|ddp] [ARGS...]
+#   bash benchmarks/device_run.sh [all|tests|report|encoder|scan|index|search|world|train_throughput|shapes|ddp] [ARGS...]
+# `report` (issue 13): the GPU tests + benchmarks/gpu_report.py against mamba-ssm's CUDA scan, built from the sdist
+# in sdist/ (MAMBA_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-build-isolation mamba-ssm==2.3.2.post1 -d sdist).
 # (ARGS go to the benchmark script)
 # Installs the wheel (no deps: torch/transformers/einops come from the machine), runs the GPU tests and
 # the encoder benchmark; logs and JSON results go to $OUT (default benchmarks/results).
@@ -20,6 +22,19 @@ if [[ $what == tests || $what == all ]]; then
     "$repo/tests/test_selective_scan.py" "$repo/tests/test_videomamba.py" "$repo/tests/test_triton_scan.py" \
     "$repo/tests/test_triton_norm.py" 2>&1) \
     | tee "$OUT/gpu_tests.log" | tail -25
+fi
+if [[ $what == report ]]; then
+  # the GPU tests run while mamba-ssm's CUDA scan compiles (CPU); the timings start once both are done
+  repo=$PWD
+  rm -f "$OUT/.tests_done"
+  (cd /tmp && python3 -m pytest -q -p no:cacheprovider --noconftest --rootdir="$repo" -o addopts="" \
+    "$repo/tests/test_selective_scan.py" "$repo/tests/test_videomamba.py" "$repo/tests/test_triton_scan.py" \
+    "$repo/tests/test_triton_norm.py" > "$OUT/gpu_tests.log" 2>&1; touch "$OUT/.tests_done") &
+  sdist=$(ls sdist/mamba_ssm-*.tar.gz 2>/dev/null | head -1)
+  python3 benchmarks/gpu_report.py --out "$OUT" --wait-for "$OUT/.tests_done" ${sdist:+--mamba-sdist "$sdist"} "$@" \
+    2>&1 | tee "$OUT/gpu_report.log"
+  wait
+  tail -25 "$OUT/gpu_tests.log"
 fi
 if [[ $what == scan || $what == all ]]; then
   # fused Triton scan vs chunked vs the HBM floor (+ torch.profiler of encoder steps with --profile)

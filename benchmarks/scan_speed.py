@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import time_fn, write_result  # noqa: E402
 
-from vtr.encoders.selective_scan import selective_scan_chunked  # noqa: E402
+from vtr.encoders.selective_scan import ScanDirection, selective_scan_chunked  # noqa: E402
 
 MODELS = {"tiny": 192, "small": 384, "middle": 576}  # embed_dim; E = 2 * embed_dim
 NSTATE = 16
@@ -79,14 +79,14 @@ def make_inputs(batch: int, channels: int, length: int, device: torch.device, gr
 def run_triton(args):
     from vtr.encoders.triton_scan import bidirectional_selective_scan
 
-    return bidirectional_selective_scan(*args())
+    a = args()
+    return bidirectional_selective_scan(ScanDirection(*a[:7]), ScanDirection(*a[7:14]), a[14])
 
 
 def run_chunked(args):
     a = args()
-    (uf, df, af, bf, cf, Df, biasf), (ub, db, ab, bb, cb, Db, biasb), z = a[:7], a[7:14], a[14]
-    return (selective_scan_chunked(uf, df, af, bf, cf, Df, z, biasf)
-            + selective_scan_chunked(ub, db, ab, bb, cb, Db, z, biasb, reverse=True))
+    return (selective_scan_chunked(ScanDirection(*a[:7]), a[14])
+            + selective_scan_chunked(ScanDirection(*a[7:14]), a[14], reverse=True))
 
 
 def floor_bytes(batch: int, channels: int, length: int) -> tuple[int, int]:
@@ -177,9 +177,11 @@ def sweep_tiles(args, device, bw) -> list[dict]:
                 rows += got
     for k, v in default.items():
         setattr(ts, k, v)
-    conv_default = (ts.CONV_BL, ts.CONV_BE)
+    from vtr.encoders import triton_conv as tconv
+
+    conv_default = (tconv.CONV_BL, tconv.CONV_BE)
     for variant in args.conv_tiles:
-        ts.CONV_BL, ts.CONV_BE = (int(v) for v in variant.split(","))
+        tconv.CONV_BL, tconv.CONV_BE = (int(v) for v in variant.split(","))
         for model, frames in (("tiny", 16), ("middle", 16)):
             channels, length = 2 * MODELS[model], 1 + 196 * frames
             xz = torch.randn(args.batch, length, 2 * channels, device=device).to(torch.bfloat16)
@@ -187,15 +189,15 @@ def sweep_tiles(args, device, bw) -> list[dict]:
             w = [torch.randn(channels, 1, 4, device=device) for _ in range(2)]
             b = [torch.randn(channels, device=device) for _ in range(2)]
             with torch.no_grad():
-                t = time_fn(lambda x=x, w=w, b=b: ts.bidirectional_causal_conv1d(x, w[0], b[0], w[1], b[1]),
+                t = time_fn(lambda x=x, w=w, b=b: tconv.bidirectional_causal_conv1d(x, w[0], b[0], w[1], b[1]),
                             device, iters=20, warmup=2)
             nbytes = 3 * args.batch * length * channels * 2  # x in, u_f and u_b out
-            row = {"kernel": "conv", "BL": ts.CONV_BL, "BE": ts.CONV_BE, "model": model, "frames": frames,
+            row = {"kernel": "conv", "BL": tconv.CONV_BL, "BE": tconv.CONV_BE, "model": model, "frames": frames,
                    "ms": 1e3 * t["median_s"], "floor_ms": 1e3 * nbytes / bw}
             rows.append(row)
-            print(f"sweep conv BL={ts.CONV_BL} BE={ts.CONV_BE} {model:6s} frames={frames} {row['ms']:8.3f} ms "
+            print(f"sweep conv BL={tconv.CONV_BL} BE={tconv.CONV_BE} {model:6s} frames={frames} {row['ms']:8.3f} ms "
                   f"(floor {row['floor_ms']:.3f})", flush=True)
-    ts.CONV_BL, ts.CONV_BE = conv_default
+    tconv.CONV_BL, tconv.CONV_BE = conv_default
     return rows
 
 

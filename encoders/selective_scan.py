@@ -8,6 +8,9 @@ The scan, for every batch b, channel e and state n (A is (E, N), Bm/Cm are (B, N
 
 ``reverse=True`` runs t from L-1 down to 0, which equals flip(scan(flip(inputs))) along L.
 
+One direction's inputs travel as a :class:`ScanDirection`; every backend's scan function has the one signature
+``scan(d: ScanDirection, z, delta_softplus, reverse) -> y`` (:data:`ScanFn`).
+
 Backends (``VTR_SCAN_BACKEND`` or ``backend=`` picks one, otherwise the best for the device):
 
 - ``reference``: a plain per-step loop in float32; the ground truth (mamba_ssm's ``selective_scan_ref``).
@@ -16,23 +19,32 @@ Backends (``VTR_SCAN_BACKEND`` or ``backend=`` picks one, otherwise the best for
   O(B * chunk * E * N), never O(B * L * E * N). This is the template for a fused kernel.
 - ``mamba_ssm``: the CUDA kernels of mamba_ssm / causal_conv1d, when importable, on CUDA tensors.
 
-- ``triton``: fused Triton kernels (``triton_scan.py``), registered when triton imports; CUDA only.
+- ``triton``: fused Triton kernels (``triton_scan.py``, ``triton_conv.py``, ``triton_norm.py``), registered by
+  ``triton_backend.py`` when triton imports; CUDA only.
 
-More backends plug in through :func:`register_backend`.
+More backends plug in through :func:`register_backend`. A model resolves its backend once, into a
+:class:`ScanBackend` (:func:`get_backend`), and calls its functions directly: the per-call functions below
+(:func:`selective_scan`, :func:`causal_conv1d`) resolve on every call and are for scripts and tests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
+from vtr.encoders.scan_types import ScanDirection, ScanFn, check_direction
 from vtr.errors import ConfigError
+
+__all__ = ["ScanBackend", "ScanDirection", "ScanFn", "available_backends", "causal_conv1d", "check_direction",
+           "get_backend", "register_backend", "resolve_backend", "selective_scan", "selective_scan_chunked",
+           "selective_scan_reference"]
 
 ENV_VAR = "VTR_SCAN_BACKEND"
 
@@ -80,38 +92,14 @@ def _epilogue(
     return y
 
 
-def _check_shapes(
-    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor
-) -> None:
-    if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must both be (B, E, L), got {tuple(u.shape)} and {tuple(delta.shape)}")
-    batch, channels, length = u.shape
-    if A.dim() != 2 or A.shape[0] != channels:
-        raise ValueError(f"A must be (E={channels}, N), got {tuple(A.shape)}")
-    for name, m in (("Bm", Bm), ("Cm", Cm)):
-        if tuple(m.shape) != (batch, A.shape[1], length):
-            raise ValueError(
-                f"{name} must be (B, N, L) = {(batch, A.shape[1], length)}, got {tuple(m.shape)}"
-            )
-
-
 # ----------------------------------------------------------------------------------------------------------
 # reference backend
 
 
-def selective_scan_reference(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    Bm: torch.Tensor,
-    Cm: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-    reverse: bool = False,
-) -> torch.Tensor:
+def selective_scan_reference(d: ScanDirection, z: torch.Tensor | None = None, delta_softplus: bool = True,
+                             reverse: bool = False) -> torch.Tensor:
     """The selective scan as a plain loop over time in float32 (float64 for float64 input): ground truth."""
+    u, delta, A, Bm, Cm, D, delta_bias = d
     dtype = _compute_dtype(u)
     with _no_autocast(u.device):
         uf, A, Bm, Cm = u.to(dtype), A.to(dtype), Bm.to(dtype), Cm.to(dtype)
@@ -246,21 +234,11 @@ class _ChunkedScanFn(torch.autograd.Function):
         return d_dt[:, :length], d_du[:, :length], d_A, d_B[:, :length], d_C[:, :length], None, None
 
 
-def selective_scan_chunked(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    Bm: torch.Tensor,
-    Cm: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-    reverse: bool = False,
-    chunk_size: int | None = None,
-    block_size: int | None = None,
-) -> torch.Tensor:
+def selective_scan_chunked(d: ScanDirection, z: torch.Tensor | None = None, delta_softplus: bool = True,
+                           reverse: bool = False, chunk_size: int | None = None,
+                           block_size: int | None = None) -> torch.Tensor:
     """The selective scan in chunks of ``chunk_size`` steps with a memory-bounded custom backward."""
+    u, delta, A, Bm, Cm, D, delta_bias = d
     default_chunk, default_block = CUDA_CHUNKING if u.device.type == "cuda" else CPU_CHUNKING
     chunk = chunk_size or default_chunk
     block = block_size or math.gcd(default_block, chunk)
@@ -315,6 +293,7 @@ def causal_conv1d_reference(
 # mamba_ssm backend (CUDA only; untestable on CPU, so kept to casting and flipping)
 
 
+@functools.cache
 def _mamba_ssm_importable() -> bool:
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
@@ -327,22 +306,13 @@ def _mamba_available(device: torch.device) -> bool:
     return device.type == "cuda" and _mamba_ssm_importable()
 
 
-def _mamba_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    Bm: torch.Tensor,
-    Cm: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-    reverse: bool = False,
-) -> torch.Tensor:
+def _mamba_scan(d: ScanDirection, z: torch.Tensor | None = None, delta_softplus: bool = True,
+                reverse: bool = False) -> torch.Tensor:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
+    u, delta, A, Bm, Cm, D, delta_bias = d
     if u.dtype not in (torch.float32, torch.float16, torch.bfloat16):  # the kernel has no float64
-        return selective_scan_chunked(u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, reverse)
+        return selective_scan_chunked(d, z, delta_softplus, reverse)
     dtype = u.dtype  # the kernel wants u, delta, B, C, z in one dtype and A, D, delta_bias in float32
 
     def prep(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -390,18 +360,57 @@ def _mamba_conv(
 # ----------------------------------------------------------------------------------------------------------
 # registry and public API
 
-ScanFn = Callable[..., torch.Tensor]
 ConvFn = Callable[..., torch.Tensor]
+"""``conv(x, weight, bias=None, activation="silu", reverse=False) -> y``, as :func:`causal_conv1d_reference`."""
+BiScanFn = Callable[[ScanDirection, ScanDirection, "torch.Tensor | None"], torch.Tensor]
+"""``bidirectional_scan(fwd, bwd, z) -> scan(fwd, z) + scan(bwd, z, reverse=True)`` (softplus on)."""
+BiConvFn = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
+"""``bidirectional_conv(x, weight_f, bias_f, weight_b, bias_b) -> (causal conv, anti-causal conv)``, + SiLU."""
+AddNormFn = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
+"""``add_norm(hidden, residual, weight, eps, out_dtype) -> (rmsnorm(residual + hidden) * weight, residual +
+hidden in float32)``, as :func:`vtr.encoders.triton_norm.add_rms_norm`."""
 
 
 @dataclass(frozen=True)
-class _Backend:
-    scan_fn: ScanFn
+class ScanBackend:
+    """The kernels a mixer calls, resolved once (:func:`get_backend`), not per call.
+
+    ``bidirectional_scan`` / ``bidirectional_conv`` default to two single-direction calls; ``add_norm`` is a
+    fused residual add + RMSNorm, or None (the model's eager PyTorch norm).
+    """
+
+    name: str
+    scan: ScanFn
+    conv: ConvFn
     is_available: Callable[[torch.device], bool]
-    conv_fn: ConvFn
+    bidirectional_scan: BiScanFn
+    bidirectional_conv: BiConvFn
+    add_norm: AddNormFn | None = None
+
+    def __reduce__(self):  # pickled by name (its functions may be closures): a pickled model stays picklable
+        return _unpickle_backend, (self.name, self.add_norm is not None)
 
 
-_BACKENDS: dict[str, _Backend] = {}
+def _unpickle_backend(name: str, fused_norm: bool) -> ScanBackend:
+    backend = _BACKENDS[name]
+    return backend if fused_norm or backend.add_norm is None else replace(backend, add_norm=None)
+
+
+def _two_scans(scan: ScanFn) -> BiScanFn:
+    def bidirectional_scan(fwd: ScanDirection, bwd: ScanDirection, z: torch.Tensor | None) -> torch.Tensor:
+        return scan(fwd, z, True, False) + scan(bwd, z, True, True)
+
+    return bidirectional_scan
+
+
+def _two_convs(conv: ConvFn) -> BiConvFn:
+    def bidirectional_conv(x, weight_f, bias_f, weight_b, bias_b) -> tuple[torch.Tensor, torch.Tensor]:
+        return conv(x, weight_f, bias_f, activation="silu"), conv(x, weight_b, bias_b, activation="silu", reverse=True)
+
+    return bidirectional_conv
+
+
+_BACKENDS: dict[str, ScanBackend] = {}
 _CUDA_PREFERENCE = ("triton", "mamba_ssm")  # tried in order on CUDA before falling back to chunked
 
 
@@ -410,26 +419,26 @@ def register_backend(
     scan_fn: ScanFn,
     is_available: Callable[[torch.device], bool],
     conv_fn: ConvFn | None = None,
+    *,
+    bidirectional_scan: BiScanFn | None = None,
+    bidirectional_conv: BiConvFn | None = None,
+    add_norm: AddNormFn | None = None,
 ) -> None:
     """Add (or replace) a backend.
 
-    ``scan_fn`` takes selective_scan's arguments minus ``backend``; ``conv_fn`` takes causal_conv1d's
-    minus ``backend`` and defaults to the reference conv; ``is_available(device)`` says whether it can run
-    on tensors of that device.
+    ``scan_fn(d: ScanDirection, z, delta_softplus, reverse)`` is the scan (:data:`ScanFn`); ``conv_fn`` takes
+    causal_conv1d's arguments minus ``backend`` and defaults to the reference conv; ``is_available(device)``
+    says whether it can run on tensors of that device. The keyword-only fused paths are optional.
     """
-    _BACKENDS[name] = _Backend(scan_fn, is_available, conv_fn or causal_conv1d_reference)
+    conv = conv_fn or causal_conv1d_reference
+    _BACKENDS[name] = ScanBackend(name, scan_fn, conv, is_available,
+                                  bidirectional_scan or _two_scans(scan_fn), bidirectional_conv or _two_convs(conv),
+                                  add_norm)
 
 
 register_backend("reference", selective_scan_reference, lambda device: True)
 register_backend("chunked", selective_scan_chunked, lambda device: True)
 register_backend("mamba_ssm", _mamba_scan, _mamba_available, _mamba_conv)
-
-try:  # the fused Triton kernels (encoders/triton_scan.py): CUDA only, registered when triton imports
-    from vtr.encoders.triton_scan import register as _register_triton
-
-    _register_triton()
-except Exception:  # pragma: no cover - no triton, or a broken install: keep the PyTorch backends
-    pass
 
 
 def available_backends(device: torch.device | str) -> list[str]:
@@ -465,6 +474,11 @@ def resolve_backend(name: str | None, device: torch.device | str) -> str:
     return name
 
 
+def get_backend(name: str | None, device: torch.device | str) -> ScanBackend:
+    """The :class:`ScanBackend` that :func:`resolve_backend` picks: resolve once, then call its functions."""
+    return _BACKENDS[resolve_backend(name, device)]
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -481,13 +495,12 @@ def selective_scan(
     """Mamba's selective scan; returns (B, E, L) in u's dtype (computed in float32).
 
     u, delta, z: (B, E, L); A: (E, N), negative; Bm, Cm: (B, N, L); D, delta_bias: (E,).
-    ``reverse`` scans from the last step to the first. ``backend`` overrides the automatic choice.
+    ``reverse`` scans from the last step to the first. ``backend`` overrides the automatic choice (resolved
+    on every call: models resolve once with :func:`get_backend`).
     """
-    _check_shapes(u, delta, A, Bm, Cm)
-    name = resolve_backend(backend, u.device)
-    return _BACKENDS[name].scan_fn(
-        u, delta, A, Bm, Cm, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, reverse=reverse
-    )
+    d = ScanDirection(u, delta, A, Bm, Cm, D, delta_bias)
+    check_direction(d)
+    return get_backend(backend, u.device).scan(d, z, delta_softplus, reverse)
 
 
 def causal_conv1d(
@@ -504,5 +517,10 @@ def causal_conv1d(
     """
     if activation not in ("silu", None):
         raise ConfigError(f"causal_conv1d activation must be 'silu' or None, got {activation!r}")
-    name = resolve_backend(backend, x.device)
-    return _BACKENDS[name].conv_fn(x, weight, bias, activation=activation, reverse=reverse)
+    return get_backend(backend, x.device).conv(x, weight, bias, activation=activation, reverse=reverse)
+
+
+# The fused Triton kernels: CUDA only, registered when triton imports (here, after everything above exists).
+from vtr.encoders.triton_backend import register as _register_triton  # noqa: E402
+
+_register_triton()

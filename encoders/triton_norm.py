@@ -19,17 +19,9 @@ from __future__ import annotations
 
 import torch
 
-try:  # pragma: no cover - depends on the machine
-    import triton
-    import triton.language as tl
+from vtr.encoders.triton_common import HAS_TRITON, tl, triton
 
-    HAS_TRITON = True
-except Exception:  # ImportError, or a broken install
-    triton = None
-    tl = None
-    HAS_TRITON = False
-
-__all__ = ["HAS_TRITON", "add_rms_norm"]
+__all__ = ["add_rms_norm"]
 
 if HAS_TRITON:
 

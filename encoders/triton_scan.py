@@ -1,4 +1,4 @@
-"""Fused selective scan (forward and backward) and causal depthwise conv in Triton, one or both directions.
+"""Fused selective scan (forward and backward) in Triton, one or both directions (the conv: ``triton_conv.py``).
 
 Same math as :func:`vtr.encoders.selective_scan.selective_scan_reference`:
 
@@ -34,8 +34,10 @@ scratch (it stays in L2); (B) for each chunk, last to first: recompute the chunk
 state, run the adjoint recurrence h_t = a_{t+1} h_{t+1} + C_t gy_t backwards (on the tile flipped in
 registers, which is free, unlike a reverse ``associative_scan`` which shuffles every element), and form all
 gradients. a_t s_{t-1} is taken as s_t - b_t, so no shifted copy of the states is needed. dB and dC (sums over
-channels, across lanes: the costly part) and dA, dD, d_bias (sums over batch and time) are accumulated with
-relaxed float32 atomics, dB and dC into ``BWD_NPART`` partial buffers to spread same-address traffic.
+channels: summed over the ES channels inside each thread first, then across the EL lanes, which halves the
+shuffles: 1434 -> 1147 SASS instructions per chunk, benchmarks/kernel_sass.py) and dA, dD, d_bias (sums over batch
+and time) are accumulated with relaxed float32 atomics, dB and dC into ``BWD_NPART`` partial buffers to spread
+same-address traffic. Measured on the H200 (notes/issue-13.md): fwd+bwd 16-26% faster than before that change.
 
 Why stored segment carries rather than a recompute from the start: they cost N*4/SEG bytes per (step,
 channel) - with SEG=64 half of what saving one more bf16 activation would - and let the backward do one
@@ -46,28 +48,31 @@ VideoMamba-S/M shapes and 4.6-6.5x at Ti (the floor counts only the bytes; the k
 issue, about 12 instructions and one MUFU exp per (step, channel, state)), 27-61x faster than ``chunked``;
 forward + backward 14-15x the floor, 13-19x faster than ``chunked``.
 
-Everything runs on CUDA tensors; with ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (slowly) for
-tests. Importing this module never fails: without triton :data:`HAS_TRITON` is False and nothing registers.
+Inputs of one direction travel as a :class:`~vtr.encoders.scan_types.ScanDirection`. Everything runs on CUDA
+tensors; with ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (slowly) for tests. Importing this
+module never fails: without triton ``HAS_TRITON`` (from ``triton_common.py``) is False and no kernel is defined.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-try:  # pragma: no cover - depends on the machine
-    import triton
-    import triton.language as tl
+from vtr.encoders.grad_pair import grad_pair_of
+from vtr.encoders.scan_types import ScanDirection, check_direction
+from vtr.encoders.triton_common import (
+    HAS_TRITON,
+    fast_math,
+    maxnreg,
+    new_buffer,
+    next_pow2,
+    strides,
+    tl,
+    token_major,
+    triton,
+    triton_available,
+)
 
-    HAS_TRITON = True
-except Exception:  # ImportError, or a broken install
-    triton = None
-    tl = None
-    HAS_TRITON = False
-
-LOG2E = 1.4426950408889634
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+__all__ = ["bidirectional_selective_scan", "selective_scan_triton"]
 
 # Tile shapes: T steps per chunk, ES x EL channels per program (EL on lanes, warps = EL // 32; EL < 32 splits the
 # N states over 32 / EL lanes). Measured on an H100/H200 at VideoMamba shapes (benchmarks/scan_speed.py --sweep).
@@ -78,75 +83,9 @@ BWD_T, BWD_ES, BWD_EL = 2, 2, 16
 BWD_MAXNREG: int | None = None
 BWD_NPART = 4  # dB, dC accumulate into this many partial buffers (fewer programs hitting one address)
 SEG = 64  # steps between stored states (multiple of FWD_T and BWD_T)
-CONV_BL, CONV_BE = 32, 128  # H100 sweep: 2.5 / 2.2x the copy floor at Ti / M shapes (32 x 64: 3.5 / 2.8x)
-CONV_BWD_BL, CONV_BWD_BE = 16, 64
-CONV_BWD_WAVES = 8  # conv backward: programs per SM (each walks several L tiles; dw/db partial rows per program)
-
-# Test hook: when set (e.g. to NaN), every buffer the kernels must fully overwrite is pre-filled with it.
-_FILL: float | None = None
-
-
-def triton_available(device: torch.device | str) -> bool:
-    """True where the Triton kernels can run: CUDA tensors (or any tensor under the Triton interpreter)."""
-    device = torch.device(device)
-    return HAS_TRITON and (device.type == "cuda" or (INTERPRET and device.type == "cpu"))
-
-
-def _new(batch: int, channels: int, length: int, dtype: torch.dtype, device, token_major: bool) -> torch.Tensor:
-    """A (batch, channels, length) buffer, laid out (B, L, E) in memory when ``token_major``."""
-    if token_major:
-        t = torch.empty(batch, length, channels, dtype=dtype, device=device).transpose(1, 2)
-    else:
-        t = torch.empty(batch, channels, length, dtype=dtype, device=device)
-    if _FILL is not None:
-        t.fill_(_FILL)
-    return t
-
-
-def _token_major(x: torch.Tensor) -> bool:
-    return x.stride(1) == 1 and x.shape[2] > 1
-
-
-def _strides(x: torch.Tensor | None) -> tuple[int, int, int]:
-    return (0, 0, 0) if x is None else tuple(x.stride())
-
 
 if HAS_TRITON:
-    _LOG2E = tl.constexpr(LOG2E)
-
-    @triton.jit
-    def _ex2(x, FAST: tl.constexpr):
-        if FAST:
-            return tl.inline_asm_elementwise(
-                "ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
-            )
-        else:
-            return tl.exp2(x)
-
-    @triton.jit
-    def _rcp(x, FAST: tl.constexpr):
-        if FAST:
-            return tl.inline_asm_elementwise(
-                "rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
-            )
-        else:
-            return 1.0 / x
-
-    @triton.jit
-    def _sigmoid(x, FAST: tl.constexpr):
-        return _rcp(1.0 + _ex2(x * -_LOG2E, FAST), FAST)
-
-    @triton.jit
-    def _softplus(x, FAST: tl.constexpr):
-        # max(x, 0) + log1p(v), v = exp(-|x|) in (0, 1]; log1p(v) = 2 atanh(r), r = v / (2 + v) <= 1/3, by its
-        # odd series to r^13 (relative error < 2e-8). Equals torch's softplus (threshold 20) to fp32 rounding.
-        v = _ex2(tl.abs(x) * -_LOG2E, FAST)
-        r = v * _rcp(2.0 + v, FAST)
-        r2 = r * r
-        p = r2 * (0.3333333333 + r2 * (0.2 + r2 * (0.1428571429 + r2 * (0.1111111111 + r2 * (0.0909090909
-                                                                                          + r2 * 0.0769230769)))))
-        rr = r + r
-        return tl.maximum(x, 0.0) + (rr + rr * p)
+    from vtr.encoders.triton_common import _LOG2E, _ex2, _sigmoid, _softplus
 
     @triton.jit
     def _affine(a1, b1, a2, b2):
@@ -484,8 +423,9 @@ if HAS_TRITON:
                 h = tl.flip(hf, 0)
                 g_carry = _first(a * h)
                 # dC_t = sum_e gr_t s_t ; dB_t = sum_e h_t dt_t u_t
-                dC = tl.sum(tl.sum(gr[:, :, None, :] * st, axis=3), axis=1)
-                dB = tl.sum(tl.sum(h * dtu[:, :, None, :], axis=3), axis=1)
+                # sum over ES first (inside each thread), then over EL (across lanes: shuffles on half the values)
+                dC = tl.sum(tl.sum(gr[:, :, None, :] * st, axis=1), axis=2)
+                dB = tl.sum(tl.sum(h * dtu[:, :, None, :], axis=1), axis=2)
                 tl.atomic_add(dC_ptr + bc_off, dC, mask=bc_m, sem="relaxed")
                 tl.atomic_add(dB_ptr + bc_off, dB, mask=bc_m, sem="relaxed")
                 hB = tl.sum(h * Bt[:, None, :, None], axis=2)
@@ -511,185 +451,9 @@ if HAS_TRITON:
         if HAS_BIAS:
             tl.atomic_add(dbias_ptr + e2, dbias_acc, mask=em2, sem="relaxed")
 
-    # ------------------------------------------------------------------------------------------------------
-    # causal depthwise conv (+ SiLU), both directions from one read of x
-
-    @triton.jit
-    def _conv_fwd_kernel(
-        x_ptr, sx_b, sx_e, sx_l, w0, b0, w1, b1, y0, sy0_b, sy0_e, sy0_l, y1, sy1_b, sy1_e, sy1_l,
-        L, E, K: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SILU: tl.constexpr, BL: tl.constexpr, BE: tl.constexpr, EVEN_E: tl.constexpr, FAST: tl.constexpr,
-    ):
-        pid_b = tl.program_id(0)
-        ll = tl.program_id(1) * BL + tl.arange(0, BL)
-        ee = tl.program_id(2) * BE + tl.arange(0, BE)
-        em = (ee < E) if not EVEN_E else tl.full(ee.shape, 1, tl.int1)
-        m = (ll < L)[:, None] & em[None, :]
-        x_base = x_ptr + pid_b * sx_b + ee[None, :] * sx_e
-        for dd in tl.static_range(NDIR):
-            w_ptr = w0 if dd == 0 else w1
-            bb_ptr = b0 if dd == 0 else b1
-            rev = REV0 if dd == 0 else True
-            acc = tl.zeros([BL, BE], dtype=tl.float32)
-            if HAS_BIAS:
-                acc += tl.load(bb_ptr + ee, mask=em, other=0.0).to(tl.float32)[None, :]
-            for k in tl.static_range(K):
-                # causal: w[k] * x[l - (K-1) + k]; anti-causal: w[k] * x[l + (K-1) - k]
-                if rev:
-                    src = ll + (K - 1 - k)
-                else:
-                    src = ll - (K - 1 - k)
-                ok = (src >= 0) & (src < L)
-                xv = tl.load(x_base + src[:, None] * sx_l, mask=ok[:, None] & em[None, :], other=0.0)
-                wk = tl.load(w_ptr + ee * K + k, mask=em, other=0.0).to(tl.float32)
-                acc += xv.to(tl.float32) * wk[None, :]
-            if SILU:
-                acc = acc * _sigmoid(acc, FAST)
-            if dd == 0:
-                tl.store(y0 + pid_b * sy0_b + ee[None, :] * sy0_e + ll[:, None] * sy0_l,
-                         acc.to(y0.dtype.element_ty), mask=m)
-            else:
-                tl.store(y1 + pid_b * sy1_b + ee[None, :] * sy1_e + ll[:, None] * sy1_l,
-                         acc.to(y1.dtype.element_ty), mask=m)
-
-    @triton.jit
-    def _conv_grad_at(x_base, sx_l, gy_base, sg_l, w_ptr, bias, ee, em, src, L, K: tl.constexpr,
-                      rev: tl.constexpr, SILU: tl.constexpr, FAST: tl.constexpr):
-        """dL/d(pre-activation) at positions src [BL] (0 outside [0, L)), recomputing the pre-activation."""
-        ok = (src >= 0) & (src < L)
-        m = ok[:, None] & em[None, :]
-        g = tl.load(gy_base + src[:, None] * sg_l, mask=m, other=0.0).to(tl.float32)
-        if SILU:
-            pre = tl.zeros(g.shape, dtype=tl.float32) + bias[None, :]
-            for k in tl.static_range(K):
-                if rev:
-                    xs = src + (K - 1 - k)
-                else:
-                    xs = src - (K - 1 - k)
-                xok = (xs >= 0) & (xs < L)
-                xv = tl.load(x_base + xs[:, None] * sx_l, mask=xok[:, None] & em[None, :], other=0.0)
-                wk = tl.load(w_ptr + ee * K + k, mask=em, other=0.0).to(tl.float32)
-                pre += xv.to(tl.float32) * wk[None, :]
-            sg = _sigmoid(pre, FAST)
-            g = g * sg * (1.0 + pre * (1.0 - sg))
-        return tl.where(m, g, 0.0)
-
-    @triton.jit
-    def _conv_bwd_kernel(
-        x_ptr, sx_b, sx_e, sx_l, gp_ptr, sgp_d, sgp_b, sgp_e, sgp_l,
-        w0, b0, g0, sg0_b, sg0_e, sg0_l, dwp0, dbp0,
-        w1, b1, g1, sg1_b, sg1_e, sg1_l, dwp1, dbp1,
-        L, E, n_lt, K: tl.constexpr, KP: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr,
-        HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BL: tl.constexpr, BE: tl.constexpr, EVEN_E: tl.constexpr,
-        FAST: tl.constexpr,
-    ):
-        # Pass 1 of the conv backward. grid (batch, L-splits, E-blocks): a program walks the L tiles lt = pid_s,
-        # pid_s + splits, ... of one channel block; per direction it computes the gradient of the pre-activation
-        # (recomputing the conv for SiLU' once per position), stores it for pass 2 (dx), and accumulates dw and db
-        # in registers, written as one partial row per program at the end (summed by the launcher).
-        pid_b = tl.program_id(0)
-        pid_s = tl.program_id(1)
-        ns = tl.num_programs(1)
-        ee = tl.program_id(2) * BE + tl.arange(0, BE)
-        em = (ee < E) if not EVEN_E else tl.full(ee.shape, 1, tl.int1)
-        kk = tl.arange(0, KP)
-        x_base = x_ptr + pid_b * sx_b + ee[None, :] * sx_e
-        gp_base = gp_ptr + pid_b * sgp_b + ee[None, :] * sgp_e
-        if HAS_BIAS:
-            bias0 = tl.load(b0 + ee, mask=em, other=0.0).to(tl.float32)
-            bias1 = tl.load(b1 + ee, mask=em, other=0.0).to(tl.float32)
-        else:
-            bias0 = tl.zeros([BE], dtype=tl.float32)
-            bias1 = bias0
-        # dw and db accumulate elementwise ([BL, KP, BE] and [BL, BE] register tiles) and are reduced over L once
-        # at the end: a cross-warp reduction per tile and tap was most of this kernel's time.
-        kk3 = kk[None, :, None]
-        acc0 = tl.zeros([BL, KP, BE], dtype=tl.float32)
-        acc1 = tl.zeros([BL, KP, BE], dtype=tl.float32)
-        accb0 = tl.zeros([BL, BE], dtype=tl.float32)
-        accb1 = tl.zeros([BL, BE], dtype=tl.float32)
-        for lt in range(pid_s, n_lt, ns):
-            ll = lt * BL + tl.arange(0, BL)
-            lm = ll < L
-            for dd in tl.static_range(NDIR):
-                w_ptr = w0 if dd == 0 else w1
-                bias = bias0 if dd == 0 else bias1
-                rev = REV0 if dd == 0 else True
-                if dd == 0:
-                    gy_base = g0 + pid_b * sg0_b + ee[None, :] * sg0_e
-                    sg_l = sg0_l
-                else:
-                    gy_base = g1 + pid_b * sg1_b + ee[None, :] * sg1_e
-                    sg_l = sg1_l
-                g = _conv_grad_at(x_base, sx_l, gy_base, sg_l, w_ptr, bias, ee, em, ll, L, K, rev, SILU, FAST)
-                tl.store(gp_base + dd * sgp_d + ll[:, None] * sgp_l, g, mask=lm[:, None] & em[None, :])
-                # x at the K taps feeding each position: [BL, KP, BE]
-                if rev:
-                    xs3 = ll[:, None, None] + (K - 1 - kk3)
-                else:
-                    xs3 = ll[:, None, None] - (K - 1 - kk3)
-                ok3 = (xs3 >= 0) & (xs3 < L) & (kk3 < K) & em[None, None, :]
-                x3 = tl.load(x_base[:, None, :] + xs3 * sx_l, mask=ok3, other=0.0).to(tl.float32)
-                if dd == 0:
-                    acc0 += g[:, None, :] * x3
-                    accb0 += g
-                else:
-                    acc1 += g[:, None, :] * x3
-                    accb1 += g
-        row = pid_b * ns + pid_s
-        wm = (kk[:, None] < K) & em[None, :]
-        w_off = row * E * K + ee[None, :] * K + kk[:, None]
-        tl.store(dwp0 + w_off, tl.sum(acc0, axis=0), mask=wm)
-        tl.store(dbp0 + row * E + ee, tl.sum(accb0, axis=0), mask=em)
-        if NDIR == 2:
-            tl.store(dwp1 + w_off, tl.sum(acc1, axis=0), mask=wm)
-            tl.store(dbp1 + row * E + ee, tl.sum(accb1, axis=0), mask=em)
-
-    @triton.jit
-    def _conv_dx_kernel(
-        gp_ptr, sgp_d, sgp_b, sgp_e, sgp_l, dx_ptr, sdx_b, sdx_e, sdx_l, w0, w1,
-        L, E, K: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr, BL: tl.constexpr, BE: tl.constexpr,
-        EVEN_E: tl.constexpr,
-    ):
-        # Pass 2: dx[l] = sum over directions and taps of w[k] * gpre[l + (K-1-k)] (causal) / [l - (K-1-k)]
-        # (anti-causal), the gradient of the pre-activation that pass 1 stored.
-        pid_b = tl.program_id(0)
-        ll = tl.program_id(1) * BL + tl.arange(0, BL)
-        ee = tl.program_id(2) * BE + tl.arange(0, BE)
-        em = (ee < E) if not EVEN_E else tl.full(ee.shape, 1, tl.int1)
-        lm = ll < L
-        gp_base = gp_ptr + pid_b * sgp_b + ee[None, :] * sgp_e
-        dx = tl.zeros([BL, BE], dtype=tl.float32)
-        for dd in tl.static_range(NDIR):
-            w_ptr = w0 if dd == 0 else w1
-            rev = REV0 if dd == 0 else True
-            for k in tl.static_range(K):
-                if rev:
-                    dst = ll - (K - 1 - k)
-                else:
-                    dst = ll + (K - 1 - k)
-                ok = (dst >= 0) & (dst < L)
-                gk = tl.load(gp_base + dd * sgp_d + dst[:, None] * sgp_l, mask=ok[:, None] & em[None, :], other=0.0)
-                wk = tl.load(w_ptr + ee * K + k, mask=em, other=0.0).to(tl.float32)
-                dx += gk * wk[None, :]
-        tl.store(dx_ptr + pid_b * sdx_b + ee[None, :] * sdx_e + ll[:, None] * sdx_l,
-                 dx.to(dx_ptr.dtype.element_ty), mask=lm[:, None] & em[None, :])
-
 
 # ----------------------------------------------------------------------------------------------------------
 # launchers and autograd
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _fast() -> bool:
-    return not INTERPRET
-
-
-def _maxnreg(n: int | None) -> dict:
-    return {} if (n is None or INTERPRET) else {"maxnreg": n}
 
 
 def _fwd_lanes(batch: int, channels: int, ndir: int) -> int:
@@ -730,15 +494,15 @@ class _ScanFn(torch.autograd.Function):
         has_d = per[0][5] is not None
         has_bias = per[0][6] is not None
         has_z = z is not None
-        tm = _token_major(u0)
-        out = _new(batch, channels, length, u0.dtype, device, tm)
+        tm = token_major(u0)
+        out = new_buffer(batch, channels, length, u0.dtype, device, tm)
         n_chunks = -(-length // FWD_T)
         padded = n_chunks * FWD_T
         ksub = SEG // FWD_T
         nseg = -(-n_chunks // ksub)
         carry = (torch.empty(ndir, batch, nseg, nstate, channels, dtype=torch.float32, device=device)
                  if need_grad else out)
-        S = _new(batch, channels, length, u0.dtype, device, tm) if (need_grad and has_z) else out
+        S = new_buffer(batch, channels, length, u0.dtype, device, tm) if (need_grad and has_z) else out
         el = _fwd_lanes(batch, channels, ndir)
         block = FWD_ES * el
         n_eb = triton.cdiv(channels, block)
@@ -751,15 +515,16 @@ class _ScanFn(torch.autograd.Function):
             flat += [u, *u.stride(), delta, *delta.stride(), A, Bm, Cm,
                      dummy if D is None else D, dummy if bias is None else bias]
         _scan_fwd_kernel[(batch, n_eb, ndir)](
-            out, *out.stride(), S, dummy if z is None else z, *_strides(z), carry, flags, *flat,
+            out, *out.stride(), S, dummy if z is None else z, *strides(z), carry, flags, *flat,
             length, padded, channels, nstate, nseg, n_chunks,
             NDIR=ndir, REV0=bool(rev0), HAS_D=has_d, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=bool(softplus),
             STORE_CARRY=need_grad, STORE_S=need_grad and has_z, KSUB=ksub,
-            T=FWD_T, ES=FWD_ES, NP=_next_pow2(nstate), EL=el, FAST=_fast(), EVEN_E=channels % block == 0,
-            num_warps=max(1, el // 32), **_maxnreg(FWD_MAXNREG),
+            T=FWD_T, ES=FWD_ES, NP=next_pow2(nstate), EL=el, FAST=fast_math(), EVEN_E=channels % block == 0,
+            num_warps=max(1, el // 32), **maxnreg(FWD_MAXNREG),
         )
         if need_grad:
             ctx.save_for_backward(z, S if has_z else None, carry, *[t for p in prepared for t in p])
+            ctx.grad_pair = grad_pair_of(z)  # dz goes straight into in_proj's output gradient (grad_pair.py)
             ctx.meta = (ndir, bool(rev0), bool(softplus), has_d, has_bias, has_z, nseg, padded)
             ctx.orig = [(p[0].dtype, p[1].dtype, p[2].dtype, p[3].dtype, p[4].dtype,
                          None if p[5] is None else p[5].dtype, None if p[6] is None else p[6].dtype) for p in per]
@@ -782,19 +547,22 @@ class _ScanFn(torch.autograd.Function):
         grads = []
         for u, delta, A, _Bm, _Cm, _D, _bias in per:
             grads.append((
-                _new(batch, channels, length, u.dtype, device, _token_major(u)),
-                _new(batch, channels, length, delta.dtype, device, _token_major(delta)),
+                new_buffer(batch, channels, length, u.dtype, device, token_major(u)),
+                new_buffer(batch, channels, length, delta.dtype, device, token_major(delta)),
                 torch.zeros_like(A),
                 torch.zeros(npart, batch, length, nstate, dtype=torch.float32, device=device),
                 torch.zeros(npart, batch, length, nstate, dtype=torch.float32, device=device),
                 torch.zeros(channels, dtype=torch.float32, device=device),
                 torch.zeros(channels, dtype=torch.float32, device=device),
             ))
-        dz = _new(batch, channels, length, z.dtype, device, _token_major(z)) if has_z else None
+        if has_z and ctx.grad_pair is not None:  # the scan's backward runs before the conv's: a fresh buffer
+            dz = ctx.grad_pair.half(1, z, fresh=True)
+        else:
+            dz = new_buffer(batch, channels, length, z.dtype, device, token_major(z)) if has_z else None
         if gy.stride(1) != 1 and gy.stride(2) != 1:
             gy = gy.contiguous()
         ksub = SEG // BWD_T
-        np2 = _next_pow2(nstate)
+        np2 = next_pow2(nstate)
         scratch = torch.empty(ndir * batch * ne * ksub * BWD_ES * np2 * BWD_EL, dtype=torch.float32,
                               device=device)
         dummy = gy
@@ -806,12 +574,12 @@ class _ScanFn(torch.autograd.Function):
                      dummy if D is None else D, dummy if bias is None else bias,
                      du, *du.stride(), ddl, *ddl.stride(), dA, dB, dC, dD, dbias]
         _scan_bwd_kernel[(batch, ne, ndir)](
-            gy, *gy.stride(), dummy if z is None else z, *_strides(z),
-            dummy if S is None else S, *_strides(S), dummy if dz is None else dz, *_strides(dz),
+            gy, *gy.stride(), dummy if z is None else z, *strides(z),
+            dummy if S is None else S, *strides(S), dummy if dz is None else dz, *strides(dz),
             carry, scratch, *args, length, padded, channels, nstate, nseg, padded // BWD_T,
             NDIR=ndir, REV0=rev0, HAS_D=has_d, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus,
-            KSUB=ksub, T=BWD_T, ES=BWD_ES, NP=np2, EL=BWD_EL, FAST=_fast(), EVEN_E=channels % block == 0,
-            NPART=npart, num_warps=max(1, BWD_EL // 32), **_maxnreg(BWD_MAXNREG),
+            KSUB=ksub, T=BWD_T, ES=BWD_ES, NP=np2, EL=BWD_EL, FAST=fast_math(), EVEN_E=channels % block == 0,
+            NPART=npart, num_warps=max(1, BWD_EL // 32), **maxnreg(BWD_MAXNREG),
         )
         out = []
         for k in range(ndir):
@@ -823,188 +591,34 @@ class _ScanFn(torch.autograd.Function):
         return (None, None, None, dz, *out)
 
 
-def _check(u, delta, A, Bm, Cm) -> None:
-    from vtr.encoders.selective_scan import _check_shapes
+def selective_scan_triton(d: ScanDirection, z: torch.Tensor | None = None, delta_softplus: bool = True,
+                          reverse: bool = False) -> torch.Tensor:
+    """The selective scan (one direction) in one fused Triton kernel; the scan backend contract."""
+    check_direction(d)
+    if d.u.dtype == torch.float64 or not triton_available(d.u.device):
+        from vtr.encoders.selective_scan import selective_scan_chunked  # fallback only (the registry imports us)
 
-    _check_shapes(u, delta, A, Bm, Cm)
-
-
-def selective_scan_triton(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    Bm: torch.Tensor,
-    Cm: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-    reverse: bool = False,
-) -> torch.Tensor:
-    """The selective scan (one direction) in one fused Triton kernel; same contract as ``selective_scan``."""
-    _check(u, delta, A, Bm, Cm)
-    if u.dtype == torch.float64 or not triton_available(u.device):
-        from vtr.encoders.selective_scan import selective_scan_chunked
-
-        return selective_scan_chunked(u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, reverse)
-    with torch.autocast(device_type=u.device.type, enabled=False):
-        return _ScanFn.apply(1, reverse, delta_softplus, z, u, delta, A, Bm, Cm, D, delta_bias)
+        return selective_scan_chunked(d, z, delta_softplus, reverse)
+    with torch.autocast(device_type=d.u.device.type, enabled=False):
+        return _ScanFn.apply(1, reverse, delta_softplus, z, *d)
 
 
-def bidirectional_selective_scan(
-    u_f: torch.Tensor,
-    delta_f: torch.Tensor,
-    A_f: torch.Tensor,
-    B_f: torch.Tensor,
-    C_f: torch.Tensor,
-    D_f: torch.Tensor | None,
-    delta_bias_f: torch.Tensor | None,
-    u_b: torch.Tensor,
-    delta_b: torch.Tensor,
-    A_b: torch.Tensor,
-    B_b: torch.Tensor,
-    C_b: torch.Tensor,
-    D_b: torch.Tensor | None,
-    delta_bias_b: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_softplus: bool = True,
-) -> torch.Tensor:
-    """``scan(forward inputs) + scan(backward inputs, reverse=True)``, both gated by silu(z), in one launch.
+def bidirectional_selective_scan(fwd: ScanDirection, bwd: ScanDirection, z: torch.Tensor | None,
+                                 delta_softplus: bool = True) -> torch.Tensor:
+    """``scan(fwd) + scan(bwd, reverse=True)``, both gated by silu(z), in one launch.
 
-    Equal to ``selective_scan(u_f, ..., z=z) + selective_scan(u_b, ..., z=z, reverse=True)``. Both directions
-    must agree on which of D and delta_bias are given.
+    Both directions must have the same shapes and agree on which of D and delta_bias are given.
     """
-    _check(u_f, delta_f, A_f, B_f, C_f)
-    _check(u_b, delta_b, A_b, B_b, C_b)
-    if u_f.shape != u_b.shape or A_f.shape != A_b.shape:
+    check_direction(fwd)
+    check_direction(bwd)
+    if fwd.u.shape != bwd.u.shape or fwd.A.shape != bwd.A.shape:
         raise ValueError("both directions need the same (B, E, L) and (E, N) shapes")
-    if (D_f is None) != (D_b is None) or (delta_bias_f is None) != (delta_bias_b is None):
+    if (fwd.D is None) != (bwd.D is None) or (fwd.delta_bias is None) != (bwd.delta_bias is None):
         raise ValueError("give D and delta_bias for both directions or for neither")
-    if u_f.dtype == torch.float64 or not triton_available(u_f.device):
-        from vtr.encoders.selective_scan import selective_scan_chunked
+    if fwd.u.dtype == torch.float64 or not triton_available(fwd.u.device):
+        from vtr.encoders.selective_scan import selective_scan_chunked  # fallback only (the registry imports us)
 
-        kw = dict(z=z, delta_softplus=delta_softplus)
-        return (selective_scan_chunked(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias=delta_bias_f, **kw)
-                + selective_scan_chunked(u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias=delta_bias_b,
-                                         reverse=True, **kw))
-    with torch.autocast(device_type=u_f.device.type, enabled=False):
-        return _ScanFn.apply(2, False, delta_softplus, z, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
-                             u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
-
-
-class _ConvFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, ndir, rev0, silu, x, w0, b0, w1, b1):  # type: ignore[override]
-        batch, channels, length = x.shape
-        width = w0.shape[-1]
-        w0c = w0.reshape(channels, width).contiguous()
-        w1c = w1.reshape(channels, width).contiguous() if ndir == 2 else w0c
-        b1_ = b1 if ndir == 2 else b0
-        tm = _token_major(x)
-        ys = [_new(batch, channels, length, x.dtype, x.device, tm) for _ in range(ndir)]
-        y1 = ys[1] if ndir == 2 else ys[0]
-        grid = (batch, triton.cdiv(length, CONV_BL), triton.cdiv(channels, CONV_BE))
-        if length:
-            _conv_fwd_kernel[grid](
-                x, *x.stride(), w0c, w0c if b0 is None else b0, w1c, w1c if b1_ is None else b1_,
-                ys[0], *ys[0].stride(), y1, *y1.stride(), length, channels,
-                K=width, NDIR=ndir, REV0=bool(rev0), HAS_BIAS=b0 is not None, SILU=bool(silu),
-                BL=CONV_BL, BE=CONV_BE, EVEN_E=channels % CONV_BE == 0, FAST=_fast(), num_warps=4,
-            )
-        ctx.save_for_backward(x, w0c, b0, w1c, b1_)
-        ctx.meta = (ndir, bool(rev0), bool(silu), w0.shape, None if b0 is None else b0.dtype)
-        return tuple(ys) if ndir == 2 else ys[0]
-
-    @staticmethod
-    def backward(ctx, *gys):  # type: ignore[override]
-        x, w0c, b0, w1c, b1 = ctx.saved_tensors
-        ndir, rev0, silu, wshape, bdtype = ctx.meta
-        batch, channels, length = x.shape
-        width = w0c.shape[-1]
-        gys = [g if g is not None else torch.zeros_like(x) for g in gys]
-        g1 = gys[1] if ndir == 2 else gys[0]
-        dx = _new(batch, channels, length, x.dtype, x.device, _token_major(x))
-        if not length:
-            dws = [torch.zeros(channels, width, dtype=torch.float32, device=x.device) for _ in range(ndir)]
-            dbs = [torch.zeros(channels, dtype=torch.float32, device=x.device) for _ in range(ndir)]
-        else:
-            n_lt = triton.cdiv(length, CONV_BWD_BL)
-            n_eb = triton.cdiv(channels, CONV_BWD_BE)
-            # enough programs to fill the GPU (CONV_BWD_WAVES per SM), each walking several L tiles
-            sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-            splits = max(1, min(n_lt, -(-CONV_BWD_WAVES * sms // max(1, batch * n_eb))))
-            dwps = [torch.empty(batch * splits, channels, width, dtype=torch.float32, device=x.device)
-                    for _ in range(ndir)]
-            dbps = [torch.empty(batch * splits, channels, dtype=torch.float32, device=x.device) for _ in range(ndir)]
-            # the pre-activation gradient of each direction, float32, laid out like x
-            gp = (torch.empty(ndir, batch, length, channels, dtype=torch.float32, device=x.device).transpose(2, 3)
-                  if _token_major(x) else
-                  torch.empty(ndir, batch, channels, length, dtype=torch.float32, device=x.device))
-            _conv_bwd_kernel[(batch, splits, n_eb)](
-                x, *x.stride(), gp, *gp.stride(),
-                w0c, w0c if b0 is None else b0, gys[0], *gys[0].stride(), dwps[0], dbps[0],
-                w1c, w1c if b1 is None else b1, g1, *g1.stride(), dwps[-1], dbps[-1],
-                length, channels, n_lt, K=width, KP=_next_pow2(width), NDIR=ndir, REV0=rev0,
-                HAS_BIAS=b0 is not None, SILU=silu, BL=CONV_BWD_BL, BE=CONV_BWD_BE,
-                EVEN_E=channels % CONV_BWD_BE == 0, FAST=_fast(), num_warps=4,
-            )
-            _conv_dx_kernel[(batch, n_lt, n_eb)](
-                gp, *gp.stride(), dx, *dx.stride(), w0c, w1c, length, channels, K=width, NDIR=ndir, REV0=rev0,
-                BL=CONV_BWD_BL, BE=CONV_BWD_BE, EVEN_E=channels % CONV_BWD_BE == 0, num_warps=4,
-            )
-            dws = [p.sum(0) for p in dwps]
-            dbs = [p.sum(0) for p in dbps]
-        out = [dx]
-        for k in range(2):
-            if k < ndir:
-                out += [dws[k].to(w0c.dtype).reshape(wshape), None if bdtype is None else dbs[k].to(bdtype)]
-            else:
-                out += [None, None]
-        return (None, None, None, *out)
-
-
-def causal_conv1d_triton(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    activation: str | None = "silu",
-    reverse: bool = False,
-) -> torch.Tensor:
-    """Depthwise causal (anti-causal with ``reverse``) conv over L, then SiLU; fp32 accumulation."""
-    if x.dtype == torch.float64 or not triton_available(x.device):
-        from vtr.encoders.selective_scan import causal_conv1d_reference
-
-        return causal_conv1d_reference(x, weight, bias, activation, reverse)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        return _ConvFn.apply(1, reverse, activation == "silu", x, weight, bias, None, None)
-
-
-def bidirectional_causal_conv1d(
-    x: torch.Tensor,
-    weight_f: torch.Tensor,
-    bias_f: torch.Tensor | None,
-    weight_b: torch.Tensor,
-    bias_b: torch.Tensor | None,
-    activation: str | None = "silu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(causal conv of x with weight_f, anti-causal conv with weight_b), each + SiLU, from one read of x."""
-    if x.dtype == torch.float64 or not triton_available(x.device):
-        from vtr.encoders.selective_scan import causal_conv1d_reference
-
-        return (causal_conv1d_reference(x, weight_f, bias_f, activation),
-                causal_conv1d_reference(x, weight_b, bias_b, activation, reverse=True))
-    if (bias_f is None) != (bias_b is None):
-        raise ValueError("give a bias for both directions or for neither")
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        return _ConvFn.apply(2, False, activation == "silu", x, weight_f, bias_f, weight_b, bias_b)
-
-
-def register() -> bool:
-    """Register the ``triton`` scan backend (CUDA only); False when triton is missing."""
-    if not HAS_TRITON:
-        return False
-    from vtr.encoders.selective_scan import register_backend
-
-    register_backend("triton", selective_scan_triton, lambda device: torch.device(device).type == "cuda"
-                     and HAS_TRITON, causal_conv1d_triton)
-    return True
+        return (selective_scan_chunked(fwd, z, delta_softplus)
+                + selective_scan_chunked(bwd, z, delta_softplus, reverse=True))
+    with torch.autocast(device_type=fwd.u.device.type, enabled=False):
+        return _ScanFn.apply(2, False, delta_softplus, z, *fwd, *bwd)

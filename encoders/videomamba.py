@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from vtr.encoders.selective_scan import causal_conv1d, resolve_backend, selective_scan
+from vtr.encoders.grad_pair import split_xz
+from vtr.encoders.selective_scan import ScanBackend, ScanDirection, get_backend
 from vtr.errors import ConfigError
 
 
@@ -126,6 +127,7 @@ class BiMambaMixer(nn.Module):
         d, e, n, r = cfg.embed_dim, cfg.d_inner, cfg.d_state, cfg.dt_rank
         self.d_inner, self.d_state, self.dt_rank = e, n, r
         self.scan_backend = cfg.scan_backend
+        self.ops: ScanBackend | None = None  # resolved for the weights' device: below, on .to() and set_scan_backend
         self.in_proj = nn.Linear(d, 2 * e, bias=False)
         for suffix in ("", "_b"):
             setattr(self, f"conv1d{suffix}", nn.Conv1d(e, e, cfg.d_conv, groups=e, padding=cfg.d_conv - 1))
@@ -138,6 +140,7 @@ class BiMambaMixer(nn.Module):
         self.D_b = nn.Parameter(torch.ones(e))
         self.out_proj = nn.Linear(e, d, bias=False)
         self._init_dt(cfg)
+        self.ops = resolve_ops(cfg.scan_backend, self.in_proj.weight.device, strict=False)
 
     def _init_dt(self, cfg: VideoMambaConfig, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
         """Mamba's dt init: bias = softplus^-1(dt), dt ~ logUniform(dt_min, dt_max) (only for training)."""
@@ -149,41 +152,56 @@ class BiMambaMixer(nn.Module):
             with torch.no_grad():
                 proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _ssm_inputs(self, u: torch.Tensor, suffix: str) -> tuple:
-        """(u, delta, A, B, C, D, delta_bias) of one direction from its conv output u [B, E, L]."""
-        x_proj: nn.Linear = getattr(self, f"x_proj{suffix}")
-        dt_proj: nn.Linear = getattr(self, f"dt_proj{suffix}")
-        a_log: torch.Tensor = getattr(self, f"A{suffix}_log")
-        d_skip: torch.Tensor = getattr(self, f"D{suffix}")
+    def set_scan_backend(self, backend: str | None) -> None:
+        """Use scan ``backend`` (None: automatic), resolved now for the device of the weights."""
+        self.scan_backend = backend
+        self.ops = resolve_ops(backend, self.in_proj.weight.device, strict=False)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+        """``.to()`` / ``.cuda()`` / ``.half()``...: re-resolve the backend for the (possibly new) device."""
+        out = super()._apply(fn, recurse)
+        self.ops = resolve_ops(self.scan_backend, self.in_proj.weight.device, strict=False)
+        return out
+
+    def _resolve_now(self, device: torch.device) -> ScanBackend:
+        """Only when the named backend could not run where the weights were (e.g. ``triton`` built on CPU and
+        called on CUDA tensors without ``.to()``): resolve once, raising ConfigError if it cannot run here."""
+        self.ops = resolve_ops(self.scan_backend, device)
+        return self.ops
+
+    def _ssm_inputs(self, u: torch.Tensor, x_proj: nn.Linear, dt_proj: nn.Linear, a_log: torch.Tensor,
+                    d_skip: torch.Tensor) -> ScanDirection:
+        """One direction's scan inputs from its conv output u [B, E, L]."""
         x_dbl = x_proj(u.transpose(1, 2))  # [B, L, R + 2N]
         dt, b_mat, c_mat = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # [B, E, L]; the bias goes into the scan
-        return (u, delta, -torch.exp(a_log.float()), b_mat.transpose(1, 2), c_mat.transpose(1, 2),
-                d_skip.float(), dt_proj.bias.float())
-
-    def _direction(self, x: torch.Tensor, z: torch.Tensor, suffix: str, reverse: bool) -> torch.Tensor:
-        conv: nn.Conv1d = getattr(self, f"conv1d{suffix}")
-        u = causal_conv1d(x, conv.weight, conv.bias, activation="silu", reverse=reverse,
-                          backend=self.scan_backend)
-        u, delta, a, b_mat, c_mat, d_skip, bias = self._ssm_inputs(u, suffix)
-        return selective_scan(
-            u, delta, a, b_mat, c_mat, D=d_skip, z=z, delta_bias=bias, delta_softplus=True,
-            reverse=reverse, backend=self.scan_backend,
-        )
+        return ScanDirection(u, delta, -torch.exp(a_log.float()), b_mat.transpose(1, 2), c_mat.transpose(1, 2),
+                             d_skip.float(), dt_proj.bias.float())
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: [B, L, d] -> [B, L, d]."""
-        x, z = self.in_proj(h).transpose(1, 2).chunk(2, dim=1)  # each [B, E, L]
-        if resolve_backend(self.scan_backend, h.device) == "triton":
-            # fused: both convs from one read of x, then both scans, gate and sum in one kernel
-            from vtr.encoders.triton_scan import bidirectional_causal_conv1d, bidirectional_selective_scan
-
-            u_f, u_b = bidirectional_causal_conv1d(x, self.conv1d.weight, self.conv1d.bias,
-                                                   self.conv1d_b.weight, self.conv1d_b.bias)
-            y = bidirectional_selective_scan(*self._ssm_inputs(u_f, ""), *self._ssm_inputs(u_b, "_b"), z)
-        else:
-            y = self._direction(x, z, "", reverse=False) + self._direction(x, z, "_b", reverse=True)
+        x, z = split_xz(self.in_proj(h))  # each [B, E, L]; their gradients land in one buffer (grad_pair.py)
+        ops = self.ops or self._resolve_now(h.device)
+        u_f, u_b = ops.bidirectional_conv(x, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight,
+                                          self.conv1d_b.bias)
+        y = ops.bidirectional_scan(self._ssm_inputs(u_f, self.x_proj, self.dt_proj, self.A_log, self.D),
+                                   self._ssm_inputs(u_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b), z)
         return self.out_proj(y.transpose(1, 2))
+
+
+def resolve_ops(scan_backend: str | None, device: torch.device, strict: bool = True) -> ScanBackend | None:
+    """The scan backend for ``device`` (explicit name > ``$VTR_SCAN_BACKEND`` > best available), without its fused
+    add+RMSNorm when ``VTR_FUSED_NORM=0``. Called when a model is built, moved or given a backend; never per call.
+    ``strict=False``: None instead of ConfigError when the named backend cannot run on ``device``."""
+    try:
+        ops = get_backend(scan_backend, device)
+    except ConfigError:
+        if strict:
+            raise
+        return None
+    if ops.add_norm is not None and os.environ.get("VTR_FUSED_NORM", "1") == "0":
+        ops = replace(ops, add_norm=None)
+    return ops
 
 
 class Block(nn.Module):
@@ -200,7 +218,8 @@ class Block(nn.Module):
         self, hidden: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         branch = hidden if residual is None else self.drop_path(hidden)
-        normed, residual = add_norm(self.norm, branch, residual, _compute_dtype(hidden), self.mixer.scan_backend)
+        ops = self.mixer.ops or self.mixer._resolve_now(hidden.device)
+        normed, residual = add_norm(self.norm, branch, residual, _compute_dtype(hidden), ops)
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             hidden = checkpoint(self.mixer, normed, use_reentrant=False)
         else:
@@ -208,21 +227,12 @@ class Block(nn.Module):
         return hidden, residual
 
 
-def _fused_norm(t: torch.Tensor, scan_backend: str | None) -> bool:
-    """Use the fused Triton add+RMSNorm: CUDA, with the triton scan backend (``VTR_FUSED_NORM=0`` turns it off)."""
-    if not t.is_cuda or os.environ.get("VTR_FUSED_NORM", "1") == "0":
-        return False
-    return resolve_backend(scan_backend, t.device) == "triton"
-
-
 def add_norm(norm: RMSNorm, branch: torch.Tensor, residual: torch.Tensor | None, out_dtype: torch.dtype,
-             scan_backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+             ops: ScanBackend) -> tuple[torch.Tensor, torch.Tensor]:
     """``(norm(residual + branch) -> out_dtype, residual + branch)`` with the residual in float32 (``residual``
-    None: the branch alone). One fused Triton kernel where :func:`_fused_norm` allows, else eager PyTorch."""
-    if _fused_norm(branch, scan_backend):
-        from vtr.encoders.triton_norm import add_rms_norm
-
-        return add_rms_norm(branch, residual, norm.weight, norm.eps, out_dtype)
+    None: the branch alone). The backend's fused kernel where it has one, else eager PyTorch."""
+    if ops.add_norm is not None:
+        return ops.add_norm(branch, residual, norm.weight, norm.eps, out_dtype)
     residual = branch.float() if residual is None else residual + branch.float()
     return norm(residual).to(out_dtype), residual
 
@@ -300,7 +310,7 @@ class VideoMamba(nn.Module):
         """Use selective-scan ``backend`` (None: automatic) in every mixer."""
         self.cfg = replace(self.cfg, scan_backend=backend)
         for layer in self.layers:
-            layer.mixer.scan_backend = backend
+            layer.mixer.set_scan_backend(backend)
 
     @property
     def num_frames(self) -> int:
@@ -349,7 +359,9 @@ class VideoMamba(nn.Module):
             if mask is not None and i == len(self.layers) - 1:
                 # Official quirk: the student feature is the fp32 residual entering the last block's norm.
                 aligned = residual
-        out = add_norm(self.norm, self.drop_path_final(hidden), residual, _compute_dtype(x), self.cfg.scan_backend)[0]
+        ops = self.layers[0].mixer.ops if len(self.layers) else None
+        ops = ops or resolve_ops(self.cfg.scan_backend, x.device)
+        out = add_norm(self.norm, self.drop_path_final(hidden), residual, _compute_dtype(x), ops)[0]
         cls, tokens = out[:, :1], out[:, 1:]
 
         n_vis = tokens.shape[1]

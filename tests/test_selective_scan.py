@@ -13,8 +13,10 @@ from torch.utils._pytree import tree_leaves
 
 from vtr.encoders import selective_scan as ss
 from vtr.encoders.selective_scan import (
+    ScanDirection,
     available_backends,
     causal_conv1d,
+    get_backend,
     register_backend,
     resolve_backend,
     selective_scan,
@@ -24,6 +26,11 @@ from vtr.encoders.selective_scan import (
 from vtr.errors import ConfigError
 
 ARG_NAMES = ("u", "delta", "A", "Bm", "Cm", "D", "z", "delta_bias")
+
+
+def run(fn, x: dict[str, torch.Tensor], **kw) -> torch.Tensor:
+    """Call a backend scan function (``fn(ScanDirection, z, ...)``) with make_inputs' keyword tensors."""
+    return fn(ScanDirection(**{k: v for k, v in x.items() if k != "z"}), x.get("z"), **kw)
 
 
 @pytest.fixture(autouse=True)
@@ -78,11 +85,10 @@ def test_reference_hand_computed() -> None:
     expected_rev = torch.tensor([[[3.25, 2.0, 3.0], [0.75, 1.0, 0.0]]])
     D = torch.tensor([1.0, -1.0])
     for fn in (selective_scan_reference, selective_scan_chunked):
-        torch.testing.assert_close(fn(u, delta, A, Bm, Cm, delta_softplus=False), expected)
-        torch.testing.assert_close(fn(u, delta, A, Bm, Cm, delta_softplus=False, reverse=True), expected_rev)
-        torch.testing.assert_close(
-            fn(u, delta, A, Bm, Cm, D=D, delta_softplus=False), expected + D[:, None] * u
-        )
+        d = ScanDirection(u, delta, A, Bm, Cm)
+        torch.testing.assert_close(fn(d, delta_softplus=False), expected)
+        torch.testing.assert_close(fn(d, delta_softplus=False, reverse=True), expected_rev)
+        torch.testing.assert_close(fn(d._replace(D=D), delta_softplus=False), expected + D[:, None] * u)
 
 
 def scalar_scan(x: dict[str, torch.Tensor]) -> list[list[list[float]]]:
@@ -109,7 +115,7 @@ def scalar_scan(x: dict[str, torch.Tensor]) -> list[list[list[float]]]:
 def test_reference_matches_scalar_loop() -> None:
     x = make_inputs(2, 3, 4, 6, dtype=torch.float64, seed=1)
     expected = torch.tensor(scalar_scan(x), dtype=torch.float64)
-    torch.testing.assert_close(selective_scan_reference(**x), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(run(selective_scan_reference, x), expected, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -129,8 +135,8 @@ def check_against_reference(
 ) -> None:
     inputs = {k: v.clone().requires_grad_() for k, v in x.items() if v is not None}
     names = list(inputs)
-    y_ref = selective_scan_reference(**inputs, reverse=reverse, **kw)
-    y = selective_scan_chunked(**inputs, reverse=reverse, chunk_size=chunk, block_size=block, **kw)
+    y_ref = run(selective_scan_reference, inputs, reverse=reverse, **kw)
+    y = run(selective_scan_chunked, inputs, reverse=reverse, chunk_size=chunk, block_size=block, **kw)
     assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
     assert rel_err(y, y_ref) < tol
     gy = torch.randn_like(y_ref)
@@ -166,8 +172,9 @@ def test_chunked_gradcheck(reverse: bool) -> None:
     x = make_inputs(1, 2, 3, 11, dtype=torch.float64, seed=3)
     inputs = tuple(x[k].clone().requires_grad_() for k in ARG_NAMES)
 
-    def fn(*args: torch.Tensor) -> torch.Tensor:
-        return selective_scan_chunked(*args, reverse=reverse, chunk_size=4, block_size=2)
+    def fn(u, delta, A, Bm, Cm, D, z, delta_bias) -> torch.Tensor:
+        d = ScanDirection(u, delta, A, Bm, Cm, D, delta_bias)
+        return selective_scan_chunked(d, z, reverse=reverse, chunk_size=4, block_size=2)
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
@@ -178,8 +185,8 @@ def test_chunked_gradcheck(reverse: bool) -> None:
 def test_reverse_is_flip_scan_flip(fn) -> None:
     x = make_inputs(2, 3, 4, 29, seed=4)
     flipped = {k: v.flip(-1) if k in ("u", "delta", "Bm", "Cm", "z") else v for k, v in x.items()}
-    expected = fn(**flipped).flip(-1)
-    torch.testing.assert_close(fn(**x, reverse=True), expected, rtol=1e-5, atol=1e-6)
+    expected = run(fn, flipped).flip(-1)
+    torch.testing.assert_close(run(fn, x, reverse=True), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_large_decays_stay_finite() -> None:
@@ -191,7 +198,7 @@ def test_large_decays_stay_finite() -> None:
     x["delta"][:, :, 100:140] = 5.0  # a long stretch of dt ~ 5 (per-chunk decay sums far below -88)
     check_against_reference(x, 64, 8, reverse=False, tol=1e-5)
     inputs = {k: v.clone().requires_grad_() for k, v in x.items()}
-    y = selective_scan_chunked(**inputs)
+    y = run(selective_scan_chunked, inputs)
     y.sum().backward()
     assert torch.isfinite(y).all()
     assert all(torch.isfinite(v.grad).all() for v in inputs.values())
@@ -208,19 +215,19 @@ def test_large_decays_stay_finite() -> None:
 def test_low_precision_inputs(fn, dtype: torch.dtype) -> None:
     x = make_inputs(2, 4, 8, 50, seed=7)
     low = {k: v.to(dtype) for k, v in x.items()}
-    y = fn(**low)
+    y = run(fn, low)
     assert y.dtype == dtype
     # computed in float32 from the (rounded) low-precision inputs, rounded once at the end
-    expected = selective_scan_reference(**{k: v.float() for k, v in low.items()})
+    expected = run(selective_scan_reference, {k: v.float() for k, v in low.items()})
     torch.testing.assert_close(y.float(), expected, rtol=1e-2, atol=1e-2)
 
 
 def test_autocast_keeps_float32() -> None:
     x = make_inputs(2, 4, 8, 50, seed=8)
     inputs = {k: v.clone().requires_grad_() for k, v in x.items()}
-    plain = selective_scan_chunked(**x)
+    plain = run(selective_scan_chunked, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = selective_scan_chunked(**inputs)
+        y = run(selective_scan_chunked, inputs)
         assert y.dtype == torch.float32
         y.sum().backward()
     torch.testing.assert_close(y, plain, rtol=1e-6, atol=1e-6)
@@ -252,7 +259,7 @@ def test_chunked_never_materialises_the_full_state() -> None:
     inputs = {k: v.clone().requires_grad_() for k, v in x.items()}
     probe = _LargestTensor()
     with probe:
-        y = selective_scan_chunked(**inputs, chunk_size=chunk)
+        y = run(selective_scan_chunked, inputs, chunk_size=chunk)
         y.sum().backward()
     assert probe.largest <= batch * (chunk + 1) * channels * nstate  # one chunk (plus one look-ahead step)
     assert probe.largest * 8 < batch * length * channels * nstate
@@ -310,7 +317,7 @@ def test_cpu_defaults_to_chunked_and_dispatches() -> None:
     assert resolve_backend(None, torch.device("cpu")) == "chunked"
     assert available_backends("cpu") == ["reference", "chunked"]
     x = make_inputs(1, 2, 3, 20)
-    torch.testing.assert_close(selective_scan(**x), selective_scan_reference(**x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(selective_scan(**x), run(selective_scan_reference, x), rtol=1e-5, atol=1e-6)
 
 
 def test_env_and_explicit_choice(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -341,9 +348,9 @@ def test_cuda_preference_and_register_backend(monkeypatch: pytest.MonkeyPatch) -
 
     calls = []
 
-    def fake_scan(u, delta, A, Bm, Cm, D=None, z=None, delta_bias=None, delta_softplus=True, reverse=False):
+    def fake_scan(d: ScanDirection, z, delta_softplus: bool, reverse: bool) -> torch.Tensor:
         calls.append(reverse)
-        return torch.zeros_like(u)
+        return torch.zeros_like(d.u)
 
     register_backend("triton", fake_scan, lambda device: device.type in ("cuda", "cpu"))
     assert resolve_backend(None, "cuda") == "triton"
@@ -353,6 +360,34 @@ def test_cuda_preference_and_register_backend(monkeypatch: pytest.MonkeyPatch) -
     # without a conv_fn a backend uses the reference conv
     w = torch.randn(2, 4)
     torch.testing.assert_close(causal_conv1d(x["u"], w, backend="triton"), causal_conv1d(x["u"], w))
+    # ... and its bidirectional paths default to two single-direction calls
+    ops = get_backend("triton", "cpu")
+    d = ScanDirection(**{k: v for k, v in x.items() if k != "z"})
+    assert not ops.bidirectional_scan(d, d, x["z"]).any() and calls == [True, False, True]
+    u_f, u_b = ops.bidirectional_conv(x["u"], w, None, w, None)
+    torch.testing.assert_close(u_b, causal_conv1d(x["u"], w, reverse=True))
+
+
+def test_backend_default_bidirectional_paths_match_single_calls() -> None:
+    """chunked (no fused paths): bidirectional scan == scan + reverse scan, conv pair == two convs."""
+    ops = get_backend("chunked", "cpu")
+    xf, xb = make_inputs(2, 3, 4, 17, seed=21), make_inputs(2, 3, 4, 17, seed=22)
+    df = ScanDirection(**{k: v for k, v in xf.items() if k != "z"})
+    db = ScanDirection(**{k: v for k, v in xb.items() if k != "z"})
+    z = xf["z"]
+    expected = run(selective_scan_reference, xf) + run(selective_scan_reference, {**xb, "z": z}, reverse=True)
+    torch.testing.assert_close(ops.bidirectional_scan(df, db, z), expected, rtol=1e-5, atol=1e-6)
+    w, b = torch.randn(3, 4), torch.randn(3)
+    u_f, u_b = ops.bidirectional_conv(xf["u"], w, b, 2 * w, None)
+    torch.testing.assert_close(u_f, causal_conv1d(xf["u"], w, b, backend="reference"))
+    torch.testing.assert_close(u_b, causal_conv1d(xf["u"], 2 * w, None, reverse=True, backend="reference"))
+
+
+def test_backend_pickles_by_name() -> None:
+    import pickle
+
+    ops = get_backend("chunked", "cpu")
+    assert pickle.loads(pickle.dumps(ops)) is ops
 
 
 def test_shape_errors() -> None:
@@ -383,7 +418,7 @@ def test_chunked_on_cuda(reverse: bool) -> None:
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_mamba_ssm_backend(reverse: bool) -> None:
     x = {k: v.cuda() for k, v in make_inputs(2, 8, 16, 300, seed=12).items()}
-    expected = selective_scan_reference(**x, reverse=reverse)
+    expected = run(selective_scan_reference, x, reverse=reverse)
     torch.testing.assert_close(
         selective_scan(**x, reverse=reverse, backend="mamba_ssm"), expected, rtol=1e-4, atol=1e-4
     )
@@ -394,3 +429,15 @@ def test_mamba_ssm_backend(reverse: bool) -> None:
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+@pytest.mark.parametrize("module", ["triton_scan", "triton_conv", "triton_norm", "triton_backend", "grad_pair"])
+def test_kernel_modules_import_first_without_a_cycle(module: str) -> None:
+    """Each kernel module imports on its own (before the registry), and the registry still ends up complete."""
+    import subprocess
+    import sys
+
+    code = (f"import vtr.encoders.{module}; from vtr.encoders import selective_scan as ss; "
+            "from vtr.encoders.triton_common import HAS_TRITON; "
+            "assert ('triton' in ss._BACKENDS) == HAS_TRITON, list(ss._BACKENDS)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -394,3 +394,200 @@ def test_cuda_backends_match_cpu_reference(backend, monkeypatch):
     torch.testing.assert_close(out.pooled.cpu(), ref.pooled, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(out.tokens.cpu(), ref.tokens, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(low.pooled.float().cpu(), ref.pooled, rtol=0.05, atol=0.05)
+
+
+def _count_host_work(monkeypatch) -> list[str]:
+    """Record, from vtr's own code, every backend resolution, import and environment read from now on."""
+    import builtins
+    import os
+    import sys
+    from collections.abc import MutableMapping
+    from pathlib import Path
+
+    import vtr
+    from vtr.encoders import selective_scan as ss
+    from vtr.encoders import videomamba as vm
+
+    roots = tuple(str(Path(m.__file__).resolve().parent) for m in (vtr, ss))
+    seen: list[str] = []
+
+    def from_vtr(depth: int) -> bool:  # the reader, or up to two frames above it (os.getenv, `in os.environ`)
+        frame = sys._getframe(depth)
+        for _ in range(3):
+            if frame is None:
+                return False
+            if frame.f_code.co_filename.startswith(roots):
+                return True
+            frame = frame.f_back
+        return False
+
+    def counting(module, name: str) -> None:
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            seen.append(name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    for module, name in ((ss, "resolve_backend"), (ss, "get_backend"), (ss, "available_backends"),
+                         (ss, "_mamba_ssm_importable"), (vm, "get_backend"), (vm, "resolve_ops")):
+        counting(module, name)
+    real_import = builtins.__import__
+
+    def counting_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
+        if globals is not None and str(globals.get("__name__", "")).startswith("vtr"):
+            seen.append(f"import {name}")
+        return real_import(name, globals, locals, fromlist, level)
+
+    class CountingEnviron(MutableMapping):
+        def __init__(self, env) -> None:
+            self.env = env
+
+        def __getitem__(self, key):
+            if from_vtr(2):
+                seen.append(f"env {key}")
+            return self.env[key]
+
+        def get(self, key, default=None):
+            if from_vtr(2):
+                seen.append(f"env {key}")
+            return self.env.get(key, default)
+
+        def __setitem__(self, key, value) -> None:
+            self.env[key] = value
+
+        def __delitem__(self, key) -> None:
+            del self.env[key]
+
+        def __iter__(self):
+            return iter(self.env)
+
+        def __len__(self) -> int:
+            return len(self.env)
+
+    monkeypatch.setattr(builtins, "__import__", counting_import)
+    monkeypatch.setattr(os, "environ", CountingEnviron(os.environ))
+    return seen
+
+
+def test_forward_does_no_backend_resolution_import_or_env_read(monkeypatch):
+    """The scan backend is resolved when the model is built, moved or given a backend, never per layer/call."""
+    model = tiny_encoder(scan_backend=None)
+    model.to(torch.float32)  # .to() resolves again (and may read $VTR_SCAN_BACKEND): before counting
+    video = torch.randn(2, 4, 3, 32, 32)
+    seen = _count_host_work(monkeypatch)
+    with torch.no_grad():
+        model.eval()(video)
+    model.train()
+    model(video).pooled.sum().backward()
+    assert seen == []
+    # the counters do see what they count: re-resolving is visible
+    model.set_scan_backend("reference")
+    assert "resolve_backend" in seen
+
+
+def test_backend_is_resolved_on_build_move_and_set(monkeypatch):
+    from vtr.encoders import selective_scan as ss
+
+    monkeypatch.delenv(ss.ENV_VAR, raising=False)
+    model = tiny_encoder(scan_backend=None)
+    assert {layer.mixer.ops.name for layer in model.layers} == {"chunked"}
+    monkeypatch.setenv(ss.ENV_VAR, "reference")
+    model.to("cpu")  # a move re-resolves (here: the environment changed)
+    assert {layer.mixer.ops.name for layer in model.layers} == {"reference"}
+    model.set_scan_backend("chunked")
+    assert {layer.mixer.ops.name for layer in model.layers} == {"chunked"}
+    monkeypatch.setenv("VTR_FUSED_NORM", "0")
+    assert model.layers[0].mixer.ops.add_norm is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_full_umt_model_optimised_path_equals_reference(monkeypatch):
+    """videomamba_m16_umt (random weights, 8 frames, bf16 autocast): the default CUDA path (triton scan, conv and
+    fused norm) gives the reference backend's similarities and ITM scores."""
+    from vtr.model.registry import config_for
+    from vtr.model.retrieval import build_model
+
+    monkeypatch.delenv("VTR_SCAN_BACKEND", raising=False)
+    torch.manual_seed(0)
+    model = build_model(config_for("videomamba_m16_umt"), text_pretrained=False).cuda().eval()
+    video = torch.randn(2, 8, 3, 224, 224, device="cuda")
+    ids = torch.randint(1000, 30000, (2, 32), device="cuda")
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+
+    def scores(backend):
+        model.vision_encoder.set_scan_backend(backend)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            v = model.encode_video(video)
+            t = model.encode_text(ids, mask)
+            sim = model.similarity(v.embeds, t.embeds)
+            itm = model.itm_logits(v.tokens, t.states, t.mask)
+        return sim.float(), itm.float().softmax(-1)[:, 1], model.vision_encoder.layers[0].mixer.ops.name
+
+    sim, itm, name = scores(None)
+    sim_ref, itm_ref, ref_name = scores("reference")
+    assert name != "reference" and ref_name == "reference"
+    torch.testing.assert_close(sim, sim_ref, rtol=0, atol=2e-2)
+    torch.testing.assert_close(itm, itm_ref, rtol=0, atol=2e-2)
+
+
+def test_split_xz_gradient_equals_concatenation():
+    """Without a backward that writes into the GradPair (CPU backends), split_xz's gradient is autograd's."""
+    from vtr.encoders.grad_pair import grad_pair_of, split_xz
+
+    xz = torch.randn(2, 7, 10)
+    for use_z in (True, False):
+        a, b = xz.clone().requires_grad_(), xz.clone().requires_grad_()
+        x1, z1 = a.transpose(1, 2).chunk(2, dim=1)
+        x2, z2 = split_xz(b)
+        assert grad_pair_of(x2) is grad_pair_of(z2) is not None
+        torch.testing.assert_close(x2, x1)
+        torch.testing.assert_close(z2, z1)
+        ((x1 * 3).sum() + ((z1**2).sum() if use_z else 0)).backward()
+        ((x2 * 3).sum() + ((z2**2).sum() if use_z else 0)).backward()
+        torch.testing.assert_close(b.grad, a.grad)
+    with torch.no_grad():
+        x, _ = split_xz(xz.requires_grad_())
+    assert grad_pair_of(x) is None
+
+
+def test_grad_pair_hands_out_each_half_once():
+    from vtr.encoders.grad_pair import GradPair
+
+    pair = GradPair()
+    like = torch.empty(2, 5, 7)
+    z_half = pair.half(1, like, fresh=True)
+    x_half = pair.half(0, like)
+    assert z_half.shape == x_half.shape == like.shape
+    assert x_half.data_ptr() == pair.buf.data_ptr() and z_half.data_ptr() == pair.buf[..., 5:].data_ptr()
+    assert pair.half(0, like) is None  # x used twice: the second backward allocates its own
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_forward_equals_eager():
+    from vtr.encoders.cuda_graph import GraphedForward
+
+    torch.manual_seed(0)
+    model = create_video_encoder("videomamba_tiny", num_frames=8, depth=2).cuda().eval()
+    video = torch.randn(2, 8, 3, 224, 224, device="cuda")
+
+    def fwd(v):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(v).pooled
+
+    with torch.inference_mode():
+        graphed = GraphedForward(fwd, video)
+        previous = None
+        for _ in range(2):  # a new input each call, copied into the captured one
+            video = torch.randn_like(video)
+            out = graphed(video).float().clone()
+            # bf16 tolerance: the fused bidirectional scan adds its two directions in arrival order
+            torch.testing.assert_close(out, fwd(video).float(), rtol=2e-2, atol=2e-2)
+            assert previous is None or not torch.equal(out, previous)
+            previous = out
+    with pytest.raises(ConfigError, match="captured for"):
+        graphed(video[:1])
