@@ -49,6 +49,7 @@ from vtr.index.catalog import (
     utcnow,
 )
 from vtr.index.files import VIDEO_EXTENSIONS, walk_videos
+from vtr.index.integrity import end_writing, start_writing, writable_home
 from vtr.index.lock import FileLock
 from vtr.index.plan import CatalogRow, Plan, PlanItem, make_plan, stat_file
 from vtr.index.vector_index import VectorIndex, normalize
@@ -255,12 +256,13 @@ class LibraryStore:
             if dim is not None and dim != stored_width(embed_dim):
                 raise ValueError(f"dim {dim} does not match embed_dim {embed_dim} ({stored_width(embed_dim)} stored)")
             dim = stored_width(embed_dim)
-        home_path = data_home(home, create=not read_only)
+        home_path = data_home(home, create=False) if read_only else writable_home(home)
         catalog = Catalog.open(home_path, db_url, read_only=read_only)
         lock = None
         try:
             if not read_only:
                 lock = FileLock(_lock_path(home_path, name), lock_timeout_s, f"index {name!r}")
+                start_writing(home_path, name)  # stale temp files go; the unclean-shutdown marker is set
             record = cls._prepare_record(
                 catalog, name, model_name, weights_sha256, dim, factory, read_only=read_only, reindex=reindex
             )
@@ -730,6 +732,9 @@ class LibraryStore:
             if nprobe is not None:
                 self._index.nprobe = nprobe
             results: list[list[Hit]] = [[] for _ in range(len(queries))]
+            k = min(k, self._index.ntotal)  # FAISS allocates k results per query: never more than it holds
+            if k == 0:
+                return results
             kk = k
             while True:
                 scores, ids = self._index.search(queries, kk)
@@ -873,6 +878,7 @@ class LibraryStore:
         finally:
             self.catalog.close()
             if self._lock is not None:
+                end_writing(self.home, self.name)
                 self._lock.release()
                 self._lock = None
 
