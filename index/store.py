@@ -301,7 +301,10 @@ class LibraryStore:
             record = s.scalar(sa.select(IndexRecord).where(IndexRecord.name == name))
             now = utcnow()
             if factory is not None:  # a bad factory string fails here, with FAISS's reason
-                VectorIndex(int(dim or (record.embedding_dim if record is not None else 0) or 1), factory)
+                try:
+                    VectorIndex(int(dim or (record.embedding_dim if record is not None else 0) or 1), factory)
+                except ValueError as exc:
+                    raise ConfigError(f"--factory: {exc}") from exc
             if record is None:
                 if model_name is None or dim is None:
                     raise ConfigError(f"index {name!r} does not exist yet: creating it needs a model name and width")
