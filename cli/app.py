@@ -350,7 +350,8 @@ def _index_action(action: str, index: str, db: str | None, home: Path | None, as
         else:
             out.print(f"removed index {index}")
     else:
-        status = Library(home=home, index=index, db_url=db).status()
+        with Library(home=home, index=index, db_url=db) as lib:
+            status = lib.status()
         if as_json:
             emit_json(status)
             return
