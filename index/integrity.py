@@ -57,9 +57,22 @@ def map_sqlite_error(exc: BaseException, path: str | os.PathLike | None) -> Exce
         return None  # a write through a query_only (read-only) connection: a bug, not a storage fault
     if name in _STORAGE:
         return StorageError(path, _STORAGE[name], str(exc))
-    if name == "SQLITE_CANTOPEN" and path is not None and not home_writable(Path(os.fspath(path)).parent):
-        return StorageError(path, "read_only", str(exc))
+    if name in ("SQLITE_CANTOPEN", "SQLITE_IOERR") and path is not None:
+        folder = Path(os.fspath(path)).parent
+        if not home_writable(folder):
+            return StorageError(path, "read_only", str(exc))
+        if name == "SQLITE_IOERR" and disk_nearly_full(folder):  # e.g. the WAL index (-shm) could not grow
+            return StorageError(path, "full", str(exc))
     return None
+
+
+def disk_nearly_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """True when the file system of ``folder`` has less than ``margin`` bytes free for unprivileged writes."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 def install_error_mapping(engine: Engine, path: str | os.PathLike | None) -> None:
