@@ -53,7 +53,8 @@ def map_sqlite_error(exc: BaseException, path: str | os.PathLike | None) -> Exce
     where = path if path is not None else "the catalog"
     if name in _CORRUPT:
         return CatalogCorruptError(where, str(exc))
-    if name == "SQLITE_READONLY" and (path is None or home_writable(Path(os.fspath(path)).parent)):
+    if name == "SQLITE_READONLY" and (path is None or (home_writable(Path(os.fspath(path)).parent)
+                                                       and os.access(path, os.W_OK))):
         return None  # a write through a query_only (read-only) connection: a bug, not a storage fault
     if name in _STORAGE:
         return StorageError(path, _STORAGE[name], str(exc))
