@@ -77,8 +77,11 @@ def save_safety_copy(home: Path) -> Path:
     return final
 
 
-def save_safety_copy_or_warn(home: Path) -> Path | None:
-    """:func:`save_safety_copy`; a failure (disk full, ...) is a warning: the indexing run itself succeeded."""
+def save_safety_copy_or_warn(home: Path, changed: bool = True) -> Path | None:
+    """:func:`save_safety_copy` (skipped when the run ``changed`` nothing and a copy exists); a failure (disk
+    full, ...) is a warning: the indexing run itself succeeded."""
+    if not changed and safety_copy_path(home).exists():
+        return None
     try:
         return save_safety_copy(home)
     except (OSError, sqlite3.Error, VtrError) as exc:
