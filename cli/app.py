@@ -432,6 +432,9 @@ def models_import(
         sha = info["source_sha256"][:12]
         out.print(f"[green]imported[/green] {info['name']} -> {info['path']} "
                   f"({info['parameters']:,} parameters, {info['num_frames']} frames, sha256 {sha})")
+        if info["report"].get("mlm_head_dropped"):
+            err.print(f"[yellow]note:[/yellow] imported without the MLM head: {info['report']['mlm_head_dropped']} "
+                      "(the word embeddings come from the embeddings key; retrieval does not use the head)")
 
 
 @models_app.command("list")
