@@ -49,7 +49,7 @@ from vtr.index.catalog import (
     utcnow,
 )
 from vtr.index.files import VIDEO_EXTENSIONS, walk_videos
-from vtr.index.integrity import end_writing, start_writing, writable_home
+from vtr.index.integrity import end_writing, home_writable, start_writing, writable_home
 from vtr.index.lock import FileLock
 from vtr.index.plan import CatalogRow, Plan, PlanItem, make_plan, stat_file
 from vtr.index.vector_index import VectorIndex, normalize
@@ -940,7 +940,8 @@ def list_indexes(home: str | os.PathLike | None = None, db_url: str | None = Non
     home_path = data_home(home, create=False)
     if not _catalog_exists(home_path, db_url):
         return []
-    with Catalog.open(home_path, db_url) as catalog, catalog.read() as s:
+    read_only = db_url is None and not home_writable(home_path)  # a read-only home can be listed
+    with Catalog.open(home_path, db_url, read_only=read_only) as catalog, catalog.read() as s:
         counts = {i: n for i, n in s.execute(sa.select(Video.index_id, sa.func.count()).group_by(Video.index_id))}
         return [
             IndexSummary(

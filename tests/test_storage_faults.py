@@ -177,6 +177,8 @@ def test_read_only_home_searches_and_refuses_to_index(built, tmp_path, capsys):
         assert search_answers(h, model_dir) == answers
         code, out, err = cli(capsys, "index", "status", "--home", str(h))
         assert code == 0 and "vectors" in out, err
+        code, out, err = cli(capsys, "index", "list", "--home", str(h))
+        assert code == 0 and out.startswith("default: "), err
         code, _, err = cli(capsys, "index", str(world.videos_dir), "--home", str(h), "--model", str(model_dir),
                            "--device", "cpu")
         assert code == ReadOnlyHomeError.exit_code and "read-only" in err
