@@ -12,7 +12,16 @@ from rich.console import Console
 
 import vtr
 from vtr.cli.help import hide_flag_placeholders
-from vtr.errors import VtrError
+from vtr.cli.validation import (
+    check_device,
+    check_factory,
+    check_home,
+    check_query,
+    check_video_paths,
+    non_negative,
+    positive,
+    readable_text_file,
+)
 
 hide_flag_placeholders()
 app = typer.Typer(
@@ -25,11 +34,12 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a warning is one line, whatever the width
 
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--home", help="Data home (models, indexes, catalogs). Default: $VTR_HOME or the user data dir."),
+    typer.Option("--home", callback=check_home,
+                 help="Data home (models, indexes, catalogs). Default: $VTR_HOME or the user data dir."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
@@ -131,14 +141,17 @@ def eval_cmd(
     split: Annotated[str, typer.Option(help="test or val (DiDeMo).")] = "test",
     annotation: Annotated[Path | None, typer.Option(help="Annotation file (JSON list or MSRVTT CSV).")] = None,
     video_root: Annotated[Path | None, typer.Option(help="Folder the annotation's video paths start from.")] = None,
-    frames: Annotated[int | None, typer.Option(help="Frames per video (default: the protocol's, 8).")] = None,
-    rerank_k: Annotated[int, typer.Option(help="ITM re-rank the top k (0: dual encoder only).")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Videos per encoder batch.")] = 32,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    frames: Annotated[int | None, typer.Option(min=1, help="Frames per video (default: the protocol's, 8).")
+                      ] = None,
+    rerank_k: Annotated[int, typer.Option(min=0, help="ITM re-rank the top k (0: dual encoder only).")] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="Videos per encoder batch.")] = 32,
+    device: Annotated[str, typer.Option(callback=check_device, help="auto | cpu | cuda | cuda:N")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, as the official eval) | bf16 | fp32")] = "auto",
-    workers: Annotated[int, typer.Option(help="Video decode workers.")] = 2,
-    max_txt_l: Annotated[int | None, typer.Option(help="Override the protocol's max text length.")] = None,
-    max_seconds: Annotated[float | None, typer.Option(help="Only sample the first S seconds (0: no trim).")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Video decode workers.")] = 2,
+    max_txt_l: Annotated[int | None, typer.Option(min=1, max=512, help="Override the protocol's max text length.")
+                         ] = None,
+    max_seconds: Annotated[float | None, typer.Option(min=0, help="Only sample the first S seconds (0: no trim).")
+                           ] = None,
     paragraph: Annotated[bool | None, typer.Option("--paragraph/--no-paragraph", help="Join caption lists.")] = None,
     strict: Annotated[bool, typer.Option(help="Fail when annotated videos are missing.")] = False,
     dual_softmax: Annotated[bool, typer.Option(help="Dual-softmax re-weighting (not the official protocol).")] = False,
@@ -234,28 +247,31 @@ def train(
 ModelOption = Annotated[str | None, typer.Option(
     "--model", help="Model name, model directory or installed model (default: the index's, else the default).")]
 IndexOption = Annotated[str, typer.Option("--index", help="Index name (several can live in one data home).")]
-DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda")]
+DeviceOption = Annotated[str, typer.Option(callback=check_device, help="auto | cpu | cuda | cuda:N")]
 DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL of the catalog (default: SQLite in home).")]
 
-INDEX_ACTIONS = ("status", "list", "remove")
+INDEX_ACTIONS = ("status", "list", "remove", "repair")
 
 
 @app.command("index")
 def index_cmd(
     paths: Annotated[list[Path] | None, typer.Argument(
-        help="Video files or folders (walked recursively); or one of: status, list, remove.")] = None,
+        help="Video files or folders (walked recursively); or one of: status, list, remove, repair.")] = None,
     model: ModelOption = None,
     index: IndexOption = "default",
-    segment: Annotated[float | None, typer.Option(help="Cut videos longer than this (s) into windows of this length "
-                                                "(0: whole videos). Default: the index's policy, else ~10 s windows "
-                                                "for videos over ~30 s (see `vtr index status`).")] = None,
-    stride: Annotated[float | None, typer.Option(help="Window stride in seconds (default: --segment).")] = None,
-    frames: Annotated[int | None, typer.Option(help="Frames per clip (default: the model's).")] = None,
-    workers: Annotated[int, typer.Option(help="Decode worker processes.")] = 2,
-    batch_size: Annotated[int, typer.Option(help="Clips per encoder batch.")] = 16,
+    segment: Annotated[float | None, typer.Option(callback=non_negative("seconds"),
+                                                  help="Cut videos longer than this (s) into windows of this length "
+                                                  "(0: whole videos). Default: the index's policy, else ~10 s windows "
+                                                  "for videos over ~30 s (see `vtr index status`).")] = None,
+    stride: Annotated[float | None, typer.Option(callback=positive("seconds"),
+                                                 help="Window stride in seconds (default: --segment).")] = None,
+    frames: Annotated[int | None, typer.Option(min=1, help="Frames per clip (default: the model's).")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Decode worker processes.")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per encoder batch.")] = 16,
     device: DeviceOption = "auto",
-    factory: Annotated[str | None, typer.Option(help="FAISS index_factory string for a new index (Flat); for large "
-                                                "libraries e.g. IVF1024,PQ64x4fs,RFlat.")] = None,
+    factory: Annotated[str | None, typer.Option(callback=check_factory, help="FAISS index_factory string for a new "
+                                                "index (Flat); for large libraries e.g. IVF1024,PQ64x4fs,RFlat.")
+                       ] = None,
     prune: Annotated[bool, typer.Option(help="Remove vectors of files that no longer exist.")] = False,
     reindex: Annotated[bool, typer.Option(help="Drop the index's vectors and re-embed (model change).")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Try files that failed before again.")] = False,
@@ -266,7 +282,7 @@ def index_cmd(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Index videos (`vtr index PATH...`), or manage indexes: `vtr index status|list|remove [--index NAME]`.
+    """Index videos (`vtr index PATH...`), or manage indexes: `vtr index status|list|remove|repair [--index NAME]`.
 
     Incremental (unchanged files are skipped) and crash-safe (re-run to resume); bad files are recorded with
     their reason and skipped. `--prune` refuses a folder that is missing or unreadable (an unplugged drive).
@@ -278,10 +294,13 @@ def index_cmd(
     if not paths:
         raise ConfigError("nothing to index: give video files or folders (or: vtr index status|list|remove)")
     action = str(paths[0])
+    if action == "repair" and not paths[0].exists():
+        return _index_repair(paths[1:], index, model, device, workers, batch_size, db, home, as_json)
     if action in INDEX_ACTIONS and not paths[0].exists():
         if len(paths) > 1:
             raise ConfigError(f"`vtr index {action}` takes no paths (use --index NAME)")
         return _index_action(action, index, db, home, as_json)
+    check_video_paths(paths)
     from vtr.library import Library
 
     lib = Library(home=home, index=index, model=model, device=device, db_url=db, factory=factory)
@@ -296,6 +315,34 @@ def index_cmd(
     print_index_report(report, out, err)
     if report.segmentation:
         out.print(f"segments: {report.segmentation['description']}", soft_wrap=True, highlight=False)
+
+
+def _index_repair(paths: list[Path], index: str, model: str | None, device: str, workers: int, batch_size: int,
+                  db: str | None, home: Path | None, as_json: bool) -> None:
+    """`vtr index repair [PATH...]`: restore the catalog's safety copy, re-check FAISS, re-index what changed."""
+    from vtr.errors import ConfigError
+    from vtr.index.repair import repair
+
+    if db is not None:
+        raise ConfigError("`vtr index repair` restores the SQLite catalog of a data home; restore a --db database "
+                          "from its own backups")
+    check_video_paths(paths)
+    report = repair(home, paths, index=index, model=model, device=device, workers=workers, batch_size=batch_size)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    if report.healthy:
+        out.print(f"the catalog {report.catalog} is healthy: nothing restored")
+    elif report.restored_from:
+        out.print(f"restored the catalog from its safety copy of {report.copy_saved_at}; the damaged file is "
+                  f"{report.damaged_moved_to}")
+    else:
+        out.print("no safety copy: rebuilt the catalog by re-indexing"
+                  + (f"; the damaged file is {report.damaged_moved_to}" if report.damaged_moved_to else ""))
+    for r in report.indexes:
+        line = (f"index {r.name}: FAISS {r.faiss or 'new'}; re-indexed {r.indexed}, unchanged {r.unchanged}, "
+                f"failed {r.failed}, missing files {r.missing}")
+        out.print(line + (f" [red]({r.error})[/red]" if r.error else ""))
 
 
 def _index_action(action: str, index: str, db: str | None, home: Path | None, as_json: bool) -> None:
@@ -319,7 +366,8 @@ def _index_action(action: str, index: str, db: str | None, home: Path | None, as
         else:
             out.print(f"removed index {index}")
     else:
-        status = status_document(Library(home=home, index=index, db_url=db).status())
+        with Library(home=home, index=index, db_url=db) as lib:
+            status = status_document(lib.status())
         if as_json:
             emit_json(status)
             return
@@ -335,15 +383,16 @@ def _index_action(action: str, index: str, db: str | None, home: Path | None, as
 
 @app.command()
 def search(
-    query: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
-    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
+    query: Annotated[str | None, typer.Argument(callback=check_query, help="What to look for, in words.")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="Number of results (at most the vectors indexed).")] = 10,
     index: IndexOption = "default",
     model: ModelOption = None,
     rerank: Annotated[bool, typer.Option("--rerank/--no-rerank", help="Re-score with the ITM head.")] = False,
     video: Annotated[Path | None, typer.Option(help="Find videos like this one instead.")] = None,
     nprobe: Annotated[int | None, typer.Option(min=1, help="IVF indexes: lists searched per query (default "
                                                "nlist/16, at least 16); more is slower and finds more.")] = None,
-    from_file: Annotated[Path | None, typer.Option(help="Run every query of this file (one per line).")] = None,
+    from_file: Annotated[Path | None, typer.Option(callback=readable_text_file,
+                                                   help="Run every query of this file (one per line).")] = None,
     all_windows: Annotated[bool, typer.Option("--all-windows", help="List every matching window of long videos "
                                               "(default: neighbouring windows are one hit, the best one's span).")
                            ] = False,
@@ -411,6 +460,9 @@ def models_import(
         sha = info["source_sha256"][:12]
         out.print(f"[green]imported[/green] {info['name']} -> {info['path']} "
                   f"({info['parameters']:,} parameters, {info['num_frames']} frames, sha256 {sha})")
+        if info["report"].get("mlm_head_dropped"):
+            err.print(f"[yellow]note:[/yellow] imported without the MLM head: {info['report']['mlm_head_dropped']} "
+                      "(the word embeddings come from the embeddings key; retrieval does not use the head)")
 
 
 @models_app.command("list")
@@ -462,15 +514,10 @@ def models_default(name: Annotated[str, typer.Argument(help="Installed model to 
 
 
 def main() -> None:
-    """Console entry point: vtr errors become one red line on stderr and their exit code."""
-    try:
-        app()
-    except VtrError as e:
-        err.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line, whatever the width
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/yellow]")
-        sys.exit(130)
+    """Console entry point: every failure is one line on stderr and an exit code (vtr/cli/errors.py)."""
+    from vtr.cli.errors import run_cli
+
+    sys.exit(run_cli(app))
 
 
 if __name__ == "__main__":

@@ -613,6 +613,7 @@ def load_text_state_dict(model: TextEncoder, sd: Mapping[str, torch.Tensor], str
                 f"hidden {model.hidden_size}, encoder_width {model.encoder_width})"
             )
         provided[key] = value
+    _untie_differing_decoder(model, provided)
     missing = [k for k in own if k not in provided and _TIED.get(k) not in provided]
     if strict and (missing or unexpected):
         raise CheckpointError(
@@ -622,6 +623,29 @@ def load_text_state_dict(model: TextEncoder, sd: Mapping[str, torch.Tensor], str
     result = model.load_state_dict(provided, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
     return TextLoadResult(missing, unexpected)
+
+
+_WORD, _DECODER = "embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"
+
+
+def _untie_differing_decoder(model: TextEncoder, provided: dict[str, torch.Tensor]) -> bool:
+    """The word embeddings always come from ``embeddings.word_embeddings.weight`` (as the official model).
+
+    The MLM decoder is tied to them (one tensor), so loading both keys would let the decoder's values win.
+    When the checkpoint's two matrices are equal the decoder key is dropped; when they differ the head gets
+    its own decoder matrix (untied) holding the checkpoint's decoder values. Returns True when it was untied.
+    """
+    if model.cls is None or _WORD not in provided or _DECODER not in provided:
+        return False
+    decoder = provided.pop(_DECODER)
+    if torch.equal(decoder.to(provided[_WORD].dtype), provided[_WORD]):
+        return False
+    head = model.cls.predictions.decoder
+    head.weight = nn.Parameter(decoder.detach().to(head.weight.device, head.weight.dtype).clone(),
+                               requires_grad=head.weight.requires_grad)
+    log.warning("text encoder: the checkpoint's MLM decoder weight differs from its word embeddings; the word "
+                "embeddings come from %s and the MLM head keeps its own (untied) decoder", _WORD)
+    return True
 
 
 def _summarize(keys: list[str], limit: int = 5) -> str:

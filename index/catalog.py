@@ -31,6 +31,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from vtr.errors import ConfigError
 from vtr.home import data_home
+from vtr.index.integrity import (
+    guarded,
+    home_writable,
+    install_error_mapping,
+    needs_check,
+    quick_check,
+    readonly_connect,
+)
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +320,7 @@ def _install_sqlite_events(engine: Engine, busy_timeout_s: float, wal: bool, rea
         # transactions only at the first write, so a reader's SELECTs would not share one snapshot.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        try:
+        try:  # errors here (a damaged file) reach the caller as sqlite3 errors: mapped by `guarded`
             cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             if wal and not read_only:
                 cur.execute("PRAGMA journal_mode = WAL")
@@ -340,12 +348,16 @@ def create_catalog_engine(
         raise ValueError("give exactly one of db_url and path")
     if path is not None:
         raw = os.fsencode(os.fspath(path))
+        # A read-only home (read-only mount, no write permission) is opened with mode=ro / immutable=1.
+        ro_file = read_only and not home_writable(Path(os.fsdecode(raw)).parent)
         engine = sa.create_engine(
             "sqlite+pysqlite://",
-            creator=lambda: sqlite3.connect(raw, check_same_thread=False, timeout=busy_timeout_s),
+            creator=lambda: guarded(raw, lambda: readonly_connect(raw, busy_timeout_s) if ro_file else
+                                    sqlite3.connect(raw, check_same_thread=False, timeout=busy_timeout_s)),
             poolclass=sa.pool.QueuePool,
         )
-        _install_sqlite_events(engine, busy_timeout_s, wal=True, read_only=read_only)
+        _install_sqlite_events(engine, busy_timeout_s, wal=not ro_file, read_only=read_only)
+        install_error_mapping(engine, os.fsdecode(raw))
         return engine
     assert db_url is not None
     url = sa.engine.make_url(db_url)
@@ -353,8 +365,18 @@ def create_catalog_engine(
         memory = url.database in (None, "", ":memory:")
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s})
         _install_sqlite_events(engine, busy_timeout_s, wal=not memory, read_only=read_only)
+        install_error_mapping(engine, None if memory else url.database)
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _quick_check(engine: Engine, path: Path) -> None:
+    """``PRAGMA quick_check`` of the catalog file (CatalogCorruptError when it fails)."""
+    conn = engine.raw_connection()
+    try:
+        quick_check(conn.driver_connection, path)
+    finally:
+        conn.close()
 
 
 class Catalog:
@@ -391,6 +413,8 @@ class Catalog:
             engine = create_catalog_engine(db_url, busy_timeout_s=busy_timeout_s, read_only=read_only)
         version = CURRENT_VERSION
         try:
+            if path is not None and needs_check(path, read_only):
+                guarded(path, lambda: _quick_check(engine, path))
             if read_only:
                 with engine.connect() as conn:
                     version = schema_version(conn)

@@ -48,6 +48,7 @@ from vtr.index.catalog import (
     utcnow,
 )
 from vtr.index.files import VIDEO_EXTENSIONS, walk_videos
+from vtr.index.integrity import end_writing, home_writable, start_writing, writable_home
 from vtr.index.lock import FileLock
 from vtr.index.plan import CatalogRow, Plan, PlanItem, check_prune_roots, check_prune_share, make_plan, stat_file
 from vtr.index.vector_index import VectorIndex, normalize
@@ -259,12 +260,13 @@ class LibraryStore:
             if dim is not None and dim != stored_width(embed_dim):
                 raise ValueError(f"dim {dim} does not match embed_dim {embed_dim} ({stored_width(embed_dim)} stored)")
             dim = stored_width(embed_dim)
-        home_path = data_home(home, create=not read_only)
+        home_path = data_home(home, create=False) if read_only else writable_home(home)
         catalog = Catalog.open(home_path, db_url, read_only=read_only)
         lock = None
         try:
             if not read_only:
                 lock = FileLock(_lock_path(home_path, name), lock_timeout_s, f"index {name!r}")
+                start_writing(home_path, name)  # stale temp files go; the unclean-shutdown marker is set
             record = cls._prepare_record(
                 catalog, name, model_name, weights_sha256, dim, factory, read_only=read_only, reindex=reindex
             )
@@ -303,7 +305,10 @@ class LibraryStore:
             record = s.scalar(sa.select(IndexRecord).where(IndexRecord.name == name))
             now = utcnow()
             if factory is not None:  # a bad factory string fails here, with FAISS's reason
-                VectorIndex(int(dim or (record.embedding_dim if record is not None else 0) or 1), factory)
+                try:
+                    VectorIndex(int(dim or (record.embedding_dim if record is not None else 0) or 1), factory)
+                except ValueError as exc:
+                    raise ConfigError(f"--factory: {exc}") from exc
             if record is None:
                 if model_name is None or dim is None:
                     raise ConfigError(f"index {name!r} does not exist yet: creating it needs a model name and width")
@@ -775,6 +780,9 @@ class LibraryStore:
             if nprobe is not None:
                 self._index.nprobe = nprobe
             results: list[list[Hit]] = [[] for _ in range(len(queries))]
+            k = min(k, self._index.ntotal)  # FAISS allocates k results per query: never more than it holds
+            if k == 0:
+                return results
             kk = k
             while True:
                 scores, ids = self._index.search(queries, kk)
@@ -920,6 +928,7 @@ class LibraryStore:
         finally:
             self.catalog.close()
             if self._lock is not None:
+                end_writing(self.home, self.name)
                 self._lock.release()
                 self._lock = None
 
@@ -978,7 +987,8 @@ def list_indexes(home: str | os.PathLike | None = None, db_url: str | None = Non
     home_path = data_home(home, create=False)
     if not _catalog_exists(home_path, db_url):
         return []
-    with Catalog.open(home_path, db_url) as catalog, catalog.read() as s:
+    read_only = db_url is None and not home_writable(home_path)  # a read-only home can be listed
+    with Catalog.open(home_path, db_url, read_only=read_only) as catalog, catalog.read() as s:
         counts = {i: n for i, n in s.execute(sa.select(Video.index_id, sa.func.count()).group_by(Video.index_id))}
         return [
             IndexSummary(

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,13 @@ def _fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def faiss_reason(exc: BaseException) -> str:
+    """The human part of a FAISS C++ error ("could not parse index string X"), on one line."""
+    text = " ".join(str(exc).split())
+    text = re.split(r"\.(?:cpp|h):\d+: ", text)[-1]
+    return re.sub(r"^Error: '.*?' failed: ", "", text)
+
+
 class VectorIndex:
     """Inner-product search over L2-normalised float32 vectors with int64 ids.
 
@@ -221,7 +229,7 @@ class VectorIndex:
         try:
             probe = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
         except Exception as exc:  # faiss raises RuntimeError with a C++ trace
-            raise ValueError(f"invalid FAISS factory string {factory!r} for dim {dim}: {exc}") from exc
+            raise ValueError(f"invalid FAISS factory string {factory!r} for dim {dim}: {faiss_reason(exc)}") from exc
         self._probe = probe  # an empty index of the factory's kind
         _warn_unrefined_pq(factory, probe)
         self.needs_training = not probe.is_trained

@@ -61,3 +61,66 @@ class IndexBusyError(VtrError):
 
 class PruneRefusedError(ConfigError):
     """``--prune`` refused: a root is missing or unreadable, or the prune would remove too much of an index."""
+
+
+class CatalogCorruptError(VtrError):
+    """The SQLite catalog is damaged (truncated, overwritten, not a database): ``vtr index repair`` restores it."""
+
+    exit_code = 7
+
+    def __init__(self, path: str | os.PathLike, detail: str) -> None:
+        self.path = os.fsdecode(os.fspath(path))
+        self.detail = " ".join(str(detail).split())
+        super().__init__(f"the catalog {self.path!r} is damaged ({self.detail}): run `vtr index repair` to restore "
+                         "the last good copy and re-index what changed since")
+
+
+class StorageError(VtrError):
+    """The data home cannot be written: disk full, read-only file system, or no permission.
+
+    ``reason`` is ``full``, ``read_only`` or ``permission``. Nothing is left half-written: the catalog commit
+    is rolled back and temp files are removed.
+    """
+
+    exit_code = 8
+
+    FIXES = {
+        "full": "free some space (or use --home on another disk) and run the command again; what was committed "
+                "is kept",
+        "read_only": "searching works on a read-only home; to index, use a writable --home",
+        "permission": "fix the permissions, or use a --home you can write to",
+    }
+
+    def __init__(self, path: str | os.PathLike | None, reason: str, detail: str = "") -> None:
+        self.path = os.fsdecode(os.fspath(path)) if path is not None else None
+        self.reason = reason
+        what = {"full": "no space left on the device", "read_only": "read-only",
+                "permission": "permission denied"}.get(reason, reason)
+        where = f" at {self.path!r}" if self.path else ""
+        extra = f" ({' '.join(detail.split())})" if detail else ""
+        super().__init__(f"cannot write{where}: {what}{extra}; {self.FIXES.get(reason, 'check the data home')}")
+
+
+class ReadOnlyHomeError(StorageError):
+    """Indexing (or another write) was asked of a data home that is not writable."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path, "read_only")
+
+
+# Exit code of an unexpected exception (a bug or an unforeseen environment): sysexits' EX_SOFTWARE.
+INTERNAL_ERROR_EXIT = 70
+
+STORAGE_ERRNOS = {"ENOSPC": "full", "EDQUOT": "full", "EROFS": "read_only", "EACCES": "permission",
+                  "EPERM": "permission"}
+
+
+def storage_error(exc: OSError, path: str | os.PathLike | None = None) -> StorageError | None:
+    """The :class:`StorageError` for an OSError of a full / read-only / forbidden file system, else None."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    reason = STORAGE_ERRNOS.get(name)
+    if reason is None:
+        return None
+    return StorageError(path if path is not None else exc.filename, reason)

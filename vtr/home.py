@@ -19,6 +19,10 @@ def data_home(override: str | os.PathLike | None = None, create: bool = True) ->
 
         home = Path(platformdirs.user_data_dir("vtr", appauthor=False))
     home = home.expanduser().resolve()
+    if home.exists() and not home.is_dir():
+        from vtr.errors import ConfigError
+
+        raise ConfigError(f"the data home {str(home)!r} is not a folder: give --home (or $VTR_HOME) a folder")
     if create:
         home.mkdir(parents=True, exist_ok=True)
     return home

@@ -376,6 +376,11 @@ class Library:
             finally:
                 bar.close()
                 store.flush()
+        if self.db_url is None:  # a successful run: refresh the catalog's safety copy (for `vtr index repair`)
+            from vtr.index.repair import save_safety_copy_or_warn
+
+            save_safety_copy_or_warn(store.home, changed=bool(report.indexed or report.failed or report.pruned
+                                                              or report.touched or reindex))
         report.wall_s = round(time.perf_counter() - t0, 3)
         report.videos_per_s = round(report.indexed / report.wall_s, 3) if report.wall_s else 0.0
         return report

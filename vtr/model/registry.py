@@ -234,7 +234,24 @@ def load_official_weights(model: RetrievalModel, checkpoint: str | os.PathLike |
     ignored = sorted({k.split(".")[0] for k in sd if not k.startswith(("vision_encoder.", "text_encoder."))
                       and k not in HEAD_KEYS})
     return {"vision": vision.summary(), "text_unexpected": text.unexpected_keys[:10], "mlm_head": mlm_filled,
-            "ignored_prefixes": ignored, "tensors": len(sd)}
+            "mlm_decoder_untied": _untied(model), "ignored_prefixes": ignored, "tensors": len(sd)}
+
+
+def _untied(model: RetrievalModel) -> bool:
+    """The text encoder's MLM decoder has its own matrix (the checkpoint's differed from the word embeddings)."""
+    te = model.text_encoder
+    return bool(te.has_mlm_head and te.cls.predictions.decoder.weight is not te.embeddings.word_embeddings.weight)
+
+
+def mlm_decoder_differs(sd: dict) -> bool:
+    """True when a checkpoint's MLM decoder weight is not its word-embedding matrix (they are tied in BERT)."""
+    from vtr.encoders.bert import normalize_text_keys
+
+    text = normalize_text_keys({k: v for k, v in sd.items() if k.startswith("text_encoder.")})
+    word, decoder = text.get("embeddings.word_embeddings.weight"), text.get("cls.predictions.decoder.weight")
+    if word is None or decoder is None:
+        return False
+    return tuple(word.shape) != tuple(decoder.shape) or not torch.equal(decoder.to(word.dtype), word)
 
 
 def import_official_checkpoint(
@@ -254,10 +271,18 @@ def import_official_checkpoint(
         raise CheckpointError(f"{file.name}: no vision_encoder.temporal_pos_embedding: not a VideoMamba "
                               "multimodal checkpoint")
     has_mlm = any(k.startswith("text_encoder.cls.predictions") for k in sd)
-    cfg = config_for("videomamba_m16_umt", num_frames=int(frames.shape[1]), mlm_head=has_mlm)
+    # A model directory ties the MLM decoder to the word embeddings; a checkpoint whose two matrices differ
+    # (fine-tuned or converted) is imported without the head: the word embeddings (what retrieval uses) come
+    # from the embeddings key, as in the official zero-shot model, and the report says the head was dropped.
+    dropped = has_mlm and mlm_decoder_differs(sd)
+    if dropped:
+        log.warning("%s: the MLM decoder weight differs from the word embeddings; importing without the MLM head "
+                    "(retrieval does not use it; the word embeddings come from the embeddings key)", file.name)
+    cfg = config_for("videomamba_m16_umt", num_frames=int(frames.shape[1]), mlm_head=has_mlm and not dropped)
     name = name or file.name.removesuffix(".pth").removesuffix(".pt").removesuffix(".safetensors")
     model = build_model(cfg, text_pretrained=False)
     report = load_official_weights(model, sd)
+    report["mlm_head_dropped"] = "the MLM decoder weight differs from the word embeddings" if dropped else None
     del sd
     weights_sha = sha256_file(file)
     out = save_model_dir(model, models_root(home) / name, source=str(file.resolve()), source_sha256=weights_sha)

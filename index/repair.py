@@ -1,0 +1,293 @@
+"""The catalog's safety copy and ``vtr index repair``.
+
+After every successful indexing run the SQLite catalog is copied with SQLite's online backup API to
+``<home>/catalog.last-good.db`` (temp file, ``quick_check``, fsync, rename: the last good copy is only ever
+replaced by a checked one). :func:`repair` puts a damaged catalog aside (``catalog.db.damaged-<time>``, with
+its WAL), restores that copy, re-checks every index's FAISS file against it (rebuilt from the catalog when it
+disagrees) and re-indexes only what changed since: the files the catalog knows, plus those the damaged
+catalog still lists (read as far as it can be), plus any paths given. With no copy it starts a new catalog
+and rebuilds it by re-indexing the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import os
+import sqlite3
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vtr.errors import ConfigError, StorageError, VtrError, storage_error
+from vtr.index.catalog import CATALOG_FILE
+from vtr.index.integrity import quick_check, readonly_connect, remove_stale_temp_files, writable_home
+from vtr.index.lock import FileLock
+
+log = logging.getLogger(__name__)
+
+SAFETY_COPY = "catalog.last-good.db"
+_COPY_LOCK = ".safety-copy.lock"
+
+
+def safety_copy_path(home: Path) -> Path:
+    return home / SAFETY_COPY
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_safety_copy(home: Path) -> Path:
+    """Copy ``<home>/catalog.db`` to ``<home>/catalog.last-good.db`` (online backup, checked, atomic)."""
+    src_path, final = home / CATALOG_FILE, safety_copy_path(home)
+    lock = FileLock(home / "indexes" / _COPY_LOCK, 120.0, "the catalog's safety copy")
+    try:
+        remove_stale_temp_files(home, SAFETY_COPY)
+        fd, tmp = tempfile.mkstemp(prefix=f".{SAFETY_COPY}.", suffix=".tmp", dir=home)
+        os.close(fd)
+        try:
+            src = sqlite3.connect(src_path, timeout=30.0)
+            dst = sqlite3.connect(tmp)
+            try:
+                src.backup(dst)
+                dst.execute("PRAGMA journal_mode = DELETE")  # a self-contained file (restored as WAL again)
+                quick_check(dst, tmp)
+            finally:
+                dst.close()
+                src.close()
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(home)
+    finally:
+        lock.release()
+    return final
+
+
+def save_safety_copy_or_warn(home: Path, changed: bool = True) -> Path | None:
+    """:func:`save_safety_copy` (skipped when the run ``changed`` nothing and a copy exists); a failure (disk
+    full, ...) is a warning: the indexing run itself succeeded."""
+    if not changed and safety_copy_path(home).exists():
+        return None
+    try:
+        return save_safety_copy(home)
+    except (OSError, sqlite3.Error, VtrError) as exc:
+        reason = storage_error(exc) if isinstance(exc, OSError) else None
+        log.warning("the catalog's safety copy was not updated (%s); the previous one is kept",
+                    reason or f"{type(exc).__name__}: {exc}")
+        return None
+
+
+# --------------------------------------------------------------------------- repair
+
+
+@dataclass
+class IndexRepair:
+    """What repair did to one index."""
+
+    name: str
+    model: str | None
+    faiss: str = ""  # "kept" or "rebuilt: <why>"
+    indexed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    missing: int = 0  # files the catalog knew that are gone
+    error: str = ""
+
+
+@dataclass
+class RepairReport:
+    catalog: str
+    healthy: bool  # the catalog was fine: only the FAISS files were checked
+    restored_from: str | None = None  # the safety copy put in place
+    copy_saved_at: str | None = None
+    damaged_moved_to: str | None = None
+    rebuilt: bool = False  # no safety copy: a new catalog, filled by re-indexing
+    indexes: list[IndexRepair] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Known:
+    model: str | None = None
+    factory: str | None = None
+    paths: set[str] = field(default_factory=set)
+
+
+def _is_healthy(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        conn = readonly_connect(os.fsencode(path), 5.0)
+    except sqlite3.Error:
+        return False
+    try:
+        quick_check(conn, path)
+        return True
+    except VtrError:
+        return False
+    finally:
+        conn.close()
+
+
+def _read_known(path: Path, into: dict[str, _Known]) -> None:
+    """Index names, models and video paths from a catalog file, as far as it can be read (damaged or not)."""
+    try:
+        conn = readonly_connect(os.fsencode(path), 5.0)
+    except sqlite3.Error:
+        return
+    try:
+        names: dict[int, str] = {}
+        with contextlib.suppress(sqlite3.Error):
+            for i, name, model, factory in conn.execute("SELECT id, name, model_name, factory FROM indexes"):
+                names[i] = name
+                known = into.setdefault(name, _Known())
+                known.model, known.factory = known.model or model, known.factory or factory
+        with contextlib.suppress(sqlite3.Error):
+            for i, raw in conn.execute("SELECT index_id, path_bytes FROM videos WHERE status = 'indexed'"):
+                if i in names:
+                    into[names[i]].paths.add(os.fsdecode(bytes(raw)))
+    finally:
+        conn.close()
+
+
+def _move_aside(catalog: Path) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    target = catalog.with_name(f"{catalog.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):  # a stale WAL must never be replayed onto the restored file
+        src = Path(f"{catalog}{suffix}")
+        if src.exists():
+            os.replace(src, f"{target}{suffix}")
+    return target
+
+
+def _restore(copy: Path, catalog: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{catalog.name}.", suffix=".tmp", dir=catalog.parent)
+    os.close(fd)
+    try:
+        src, dst = sqlite3.connect(copy), sqlite3.connect(tmp)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+            src.close()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, catalog)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(catalog.parent)
+
+
+def _index_names(home: Path) -> set[str]:
+    folder = home / "indexes"
+    if not folder.is_dir():
+        return set()
+    return {p.name[: -len(p.suffix)] for p in folder.iterdir()
+            if p.suffix in (".lock", ".faiss") and not p.name.startswith(".")}
+
+
+def repair(
+    home: str | os.PathLike | None = None,
+    paths: Sequence[str | os.PathLike] = (),
+    *,
+    index: str = "default",
+    model: str | None = None,
+    device: str = "auto",
+    workers: int = 2,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> RepairReport:
+    """Restore the catalog of ``home`` from its safety copy and bring every index up to date (module docstring).
+
+    ``paths`` (video files or folders) are indexed into ``index`` as well; ``model`` overrides the model each
+    index records (needed when no copy exists and the damaged catalog cannot be read).
+    """
+    from vtr.index.store import LibraryStore, list_indexes
+    from vtr.library import Library
+
+    home_path = writable_home(home)
+    catalog = home_path / CATALOG_FILE
+    report = RepairReport(catalog=str(catalog), healthy=_is_healthy(catalog))
+    known: dict[str, _Known] = {}
+    if not report.healthy:
+        locks = [FileLock(home_path / "indexes" / f"{n}.lock", 0.0, f"index {n!r}")
+                 for n in sorted(_index_names(home_path))]
+        try:
+            if catalog.exists():
+                _read_known(catalog, known)
+            copy = safety_copy_path(home_path)
+            usable = copy.exists() and _is_healthy(copy)
+            if not usable and not paths and not any(k.paths for k in known.values()):
+                raise ConfigError(f"the catalog {str(catalog)!r} has no usable safety copy and its list of videos "
+                                  "cannot be read: run `vtr index repair PATH...` with your video folders to "
+                                  "rebuild it by re-indexing")
+            if catalog.exists() or Path(f"{catalog}-wal").exists():
+                report.damaged_moved_to = str(_move_aside(catalog))
+            if usable:
+                _restore(copy, catalog)
+                report.restored_from = str(copy)
+                report.copy_saved_at = _dt.datetime.fromtimestamp(copy.stat().st_mtime).isoformat(timespec="seconds")
+            else:
+                report.rebuilt = True
+                log.warning("no usable safety copy of the catalog: rebuilding it by re-indexing %s",
+                            "the files the damaged catalog listed" if known else "the given paths")
+        except OSError as exc:
+            mapped = storage_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        finally:
+            for lock in locks:
+                lock.release()
+    for summary in list_indexes(home_path):
+        entry = known.setdefault(summary.name, _Known())
+        entry.model = summary.model_name
+    with contextlib.suppress(VtrError):
+        _read_known(catalog, known)  # the restored catalog's own files (re-checked: only changes are re-embedded)
+    if paths or not known:
+        known.setdefault(index, _Known()).paths.update(os.path.abspath(os.fspath(p)) for p in paths)
+    for name, entry in sorted(known.items()):
+        report.indexes.append(_repair_index(home_path, name, entry, model, device, workers, batch_size, progress,
+                                            Library, LibraryStore, given=bool(paths) and name == index))
+    return report
+
+
+def _repair_index(home: Path, name: str, entry: _Known, model: str | None, device: str, workers: int,
+                  batch_size: int, progress: bool, library_cls: Any, store_cls: Any, given: bool) -> IndexRepair:
+    result = IndexRepair(name=name, model=model or entry.model)
+    try:
+        if not given or entry.model is not None:
+            with contextlib.suppress(ConfigError):  # a new index (no copy) has no record yet
+                with store_cls.open(home, name, device="cpu") as store:
+                    check = store.last_check
+                    result.faiss = f"rebuilt: {check.reason or 'disagreed with the catalog'}" if check.changed \
+                        else "kept"
+        existing = [p for p in sorted(entry.paths) if os.path.exists(p)]
+        result.missing = len(entry.paths) - len(existing)
+        if existing:
+            lib = library_cls(home=home, index=name, model=result.model, device=device, factory=entry.factory)
+            done = lib.index(existing, workers=workers, batch_size=batch_size, progress=progress)
+            result.indexed, result.unchanged, result.failed = done.indexed, done.unchanged, len(done.failed)
+    except StorageError:
+        raise
+    except VtrError as exc:
+        result.error = str(exc)
+    return result
