@@ -190,6 +190,8 @@ class Library:
         """``load``: the cached tower (or None); else write the cache from the loaded model. CPU fp32 only."""
         if self.device.type != "cpu" or self._tower is not None:
             return self._tower
+        if self._model is not None and not hasattr(self._model, "text_encoder"):
+            return None  # not a RetrievalModel (a stand-in): no text tower to cache
         from vtr.model.text_tower import cache_path, load_text_tower, save_text_tower
 
         sha = self._model_identity()[1]
