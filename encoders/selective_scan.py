@@ -17,6 +17,7 @@ Backends (``VTR_SCAN_BACKEND`` or ``backend=`` picks one, otherwise the best for
 - ``mamba_ssm``: the CUDA kernels of mamba_ssm / causal_conv1d, when importable, on CUDA tensors.
 
 - ``triton``: fused Triton kernels (``triton_scan.py``), registered when triton imports; CUDA only.
+- ``numba``: Numba kernels for CPU tensors (``numba_scan.py``), chosen first on CPU when numba is installed.
 
 More backends plug in through :func:`register_backend`.
 """
@@ -431,6 +432,10 @@ try:  # the fused Triton kernels (encoders/triton_scan.py): CUDA only, registere
 except Exception:  # pragma: no cover - no triton, or a broken install: keep the PyTorch backends
     pass
 
+from vtr.encoders.numba_scan import register as _register_numba  # noqa: E402  (CPU; numba loads on first use)
+
+_register_numba()
+
 
 def available_backends(device: torch.device | str) -> list[str]:
     """Names of the registered backends that can run on ``device``, in registration order."""
@@ -455,7 +460,7 @@ def resolve_backend(name: str | None, device: torch.device | str) -> str:
             for candidate in _CUDA_PREFERENCE:
                 if candidate in available:
                     return candidate
-        return "chunked"
+        return "numba" if "numba" in available else "chunked"
     if name not in available:
         problem = f"is not available on {device.type}" if name in _BACKENDS else "is not a scan backend"
         raise ConfigError(
