@@ -79,10 +79,11 @@ def forward(dt, u, At, Bt, Ct, reverse, y):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def backward(dt, u, A, Bt, Ct, gy, reverse, groups, d_dt, d_u, d_A, d_B, d_C):
-    """Gradients of sum(gy * y) for dt, u, gy (B, E, L) and A (E, N). d_dt, d_u: (B, E, L); d_A: (B, E, N), per batch row; d_B, d_C: (B, G, L, N),
-    zeroed by the caller, partial sums over the channels of each of G channel groups (the caller sums them).
+    """Gradients of sum(gy * y) for dt, u, gy (B, E, L) and A (E, N).
 
-    Per (batch, group) job and per channel: recompute the states (O(L x N) scratch), then run the adjoint
+    Outputs: d_dt, d_u (B, E, L); d_A (B, E, N), per batch row; d_B, d_C (B, G, L, N), zeroed by the caller,
+    partial sums over the channels of each of G channel groups (the caller sums them). Per (batch, group) job
+    and per channel: recompute the states (O(L x N) scratch), then run the adjoint
     g_t = gy_t * C_t + a_{t+1} * g_{t+1} backwards."""
     batch, channels, length = u.shape
     nstate = A.shape[1]
