@@ -243,7 +243,8 @@ def index_cmd(
     segment: Annotated[float | None, typer.Option(help="Cut videos longer than this (s) into windows.")] = None,
     stride: Annotated[float | None, typer.Option(help="Window stride in seconds (default: --segment).")] = None,
     frames: Annotated[int | None, typer.Option(help="Frames per clip (default: the model's).")] = None,
-    workers: Annotated[int, typer.Option(help="Decode worker processes.")] = 2,
+    workers: Annotated[int | None, typer.Option(
+        help="Decode worker processes (default: from the core count, beside the encoder's threads).")] = None,
     batch_size: Annotated[int, typer.Option(help="Clips per encoder batch.")] = 16,
     device: DeviceOption = "auto",
     factory: Annotated[str | None, typer.Option(help="FAISS index_factory string for a new index (Flat); for large "

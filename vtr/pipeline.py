@@ -30,8 +30,10 @@ from vtr.data.decode import probe_video, read_frames
 from vtr.data.sampling import segment_windows
 from vtr.data.transforms import eval_transform
 from vtr.errors import ConfigError, VideoDecodeError
+from vtr.estimate import RunEstimate
 from vtr.evaluation.evaluator import resolve_device
 from vtr.hashing import sha256_file
+from vtr.threads import indexing_threads
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +205,7 @@ class Library:
         segment: float | None = None,
         stride: float | None = None,
         frames: int | None = None,
-        workers: int = 2,
+        workers: int | None = None,
         batch_size: int = 16,
         prune: bool = False,
         reindex: bool = False,
@@ -216,6 +218,7 @@ class Library:
         """Index the videos under ``paths`` (incremental: unchanged files are skipped; resumable after a crash).
 
         ``segment``/``stride`` (seconds): cut videos longer than ``segment`` into windows, one vector each.
+        ``workers``: decode processes; None picks them and torch's threads from the core count (vtr/threads.py).
         Bad files are recorded with their reason and skipped. The catalog commits each encoder batch of videos
         atomically (all or none of them).
         """
@@ -225,7 +228,8 @@ class Library:
         report = IndexReport()
         model = self.model
         frames = frames or model.cfg.num_frames
-        with self._open_store(read_only=False, reindex=reindex) as store:
+        with self._open_store(read_only=False, reindex=reindex) as store, \
+                indexing_threads(workers, self.device) as workers:  # None: chosen from the core count
             if reindex:
                 store.reindex()
             plan = store.plan([os.fspath(p) for p in paths], prune=prune, retry_failed=retry_failed)
@@ -259,6 +263,7 @@ class Library:
                     start += n
                 store.add_videos(entries)
                 report.indexed += len(batch)
+                eta.update(report.indexed)
                 report.segments += start
                 done_since_flush += len(batch)
                 if on_video:
@@ -289,6 +294,7 @@ class Library:
                 pending.clear()
 
             bar = tqdm(total=len(todo), desc="index", unit="video", file=sys.stderr, disable=not progress)
+            eta = RunEstimate(len(todo), bar.write if progress else None)
             try:
                 for group in loader:
                     video = group["video"]
