@@ -103,7 +103,7 @@ def synth(
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for the demo.")] = Path("demo_out"),
-    videos: Annotated[int, typer.Option("--videos", "-n", min=10, help="Clips in the demo world.")] = 1000,
+    videos: Annotated[int, typer.Option("--videos", "-n", min=10, help="Clips in the demo world.")] = 600,
     seed: int = 0,
     retrain: Annotated[bool, typer.Option(help="Train the demo model again even if one exists.")] = False,
     home: HomeOption = None,
