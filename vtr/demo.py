@@ -209,12 +209,12 @@ def _final_screen(console: Console, summary: dict[str, Any], num_test: int) -> N
     console.rule("[bold]next")
     nxt = summary["next"]
     console.print("Search the demo index yourself:")
-    console.print(f"  {nxt['search']}", markup=False, highlight=False)
+    console.print(f"  {nxt['search']}", markup=False, highlight=False, soft_wrap=True)
     console.print("Use the official VideoMamba-M weights (from OpenGVLab's release) on your own videos:")
-    console.print(f"  {nxt['import']}", markup=False, highlight=False)
-    console.print("  vtr index ~/Videos --model videomamba-m16 --index mine", markup=False, highlight=False)
+    console.print(f"  {nxt['import']}", markup=False, highlight=False, soft_wrap=True)
+    console.print("  vtr index ~/Videos --model videomamba-m16 --index mine", markup=False, highlight=False, soft_wrap=True)
     if "serve" in nxt:
         console.print("Serve search over HTTP:")
-        console.print(f"  {nxt['serve']}", markup=False, highlight=False)
+        console.print(f"  {nxt['serve']}", markup=False, highlight=False, soft_wrap=True)
     console.print("The last search, as a command to copy:")
-    console.print(nxt["search"], markup=False, highlight=False)
+    console.print(nxt["search"], markup=False, highlight=False, soft_wrap=True)
