@@ -16,6 +16,7 @@ import json
 import logging
 import shlex
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,21 @@ _NOISY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's tips, accelerator lines and summaries (warnings still show) for the demo's screen."""
+    """Silence Lightning's tips, accelerator lines, model summary and its own deprecation chatter for the demo's
+    screen (warnings from vtr still show)."""
+    from vtr.compat import ensure_torchvision
+
+    ensure_torchvision()
+    import lightning.pytorch  # noqa: F401  (importing it sets its loggers to INFO: import first, then quiet them)
+
     saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
+            warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec).*")
+            yield
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
@@ -212,7 +222,8 @@ def _final_screen(console: Console, summary: dict[str, Any], num_test: int) -> N
     console.print(f"  {nxt['search']}", markup=False, highlight=False, soft_wrap=True)
     console.print("Use the official VideoMamba-M weights (from OpenGVLab's release) on your own videos:")
     console.print(f"  {nxt['import']}", markup=False, highlight=False, soft_wrap=True)
-    console.print("  vtr index ~/Videos --model videomamba-m16 --index mine", markup=False, highlight=False, soft_wrap=True)
+    console.print("  vtr index ~/Videos --model videomamba-m16 --index mine", markup=False, highlight=False,
+                  soft_wrap=True)
     if "serve" in nxt:
         console.print("Serve search over HTTP:")
         console.print(f"  {nxt['serve']}", markup=False, highlight=False, soft_wrap=True)
