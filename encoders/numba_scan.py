@@ -43,7 +43,8 @@ def _kernels() -> dict[str, Any]:
 
                 from vtr.encoders import numba_scan_kernels as kernels
 
-                _KERNELS.update(forward=kernels.forward, backward=kernels.backward, numba=numba)
+                _KERNELS.update(forward=kernels.forward, forward_fused=kernels.forward_fused,
+                                backward=kernels.backward, numba=numba)
     return _KERNELS
 
 
@@ -107,12 +108,32 @@ def selective_scan_numba(
     if u.dtype == torch.float64 or u.device.type != "cpu":
         return selective_scan_chunked(u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, reverse)
     f32 = torch.float32
+    if not (torch.is_grad_enabled() and any(x is not None and x.requires_grad
+                                            for x in (u, delta, A, Bm, Cm, D, z, delta_bias))):
+        return _fused_inference(u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus, reverse)
     with _no_autocast(u.device):
         uf = u.to(f32)
         dt = _prepare_delta(delta, delta_bias, delta_softplus, f32)
         y = _NumbaScanFn.apply(dt, uf, A.to(f32), Bm.to(f32), Cm.to(f32), reverse)
         y = _epilogue(y, uf, D, z)
     return y.to(u.dtype)
+
+
+def _time_major(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, L) -> contiguous float32 (B, L, C) (free when x is already a transposed time-major tensor)."""
+    return x.transpose(1, 2).to(torch.float32).contiguous()
+
+
+def _fused_inference(u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus: bool, reverse: bool) -> torch.Tensor:
+    """No autograd: softplus, the scan, the D skip and the silu(z) gate in one kernel (time-major inside)."""
+    channels = u.shape[1]
+    zeros = torch.zeros(channels)
+    y = torch.empty(u.shape[0], u.shape[2], channels)  # (B, L, E); returned as a (B, E, L) view
+    _run("forward_fused", _np(_time_major(delta)), _np(zeros if delta_bias is None else delta_bias.float()),
+         _np(_time_major(u)), _np(_time_major(u if z is None else z)), _np(zeros if D is None else D.float()),
+         _np(A.float().t()), _np(_time_major(Bm)), _np(_time_major(Cm)), reverse, delta_softplus, z is not None,
+         y.numpy())
+    return y.transpose(1, 2).to(u.dtype)
 
 
 def register() -> None:

@@ -127,3 +127,51 @@ def backward(dt, u, A, Bt, Ct, gy, reverse, groups, d_dt, d_u, d_A, d_B, d_C):
                     g[n] *= a  # a_t * g_t: the part of g_{t-1} carried back from step t
                 d_dt[b, e, t] = acc_dt
                 d_u[b, e, t] = acc_du
+
+
+@njit(inline="always", fastmath=True)
+def _softplus(x):
+    return x if x > _f32(20.0) else _f32(np.log1p(np.exp(x)))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def forward_fused(delta, bias, u, z, D, At, Bt, Ct, reverse, softplus, has_z, y):
+    """Inference in one pass: y = (scan(dt, u) + D * u) * silu(z) with dt = softplus(delta + bias).
+
+    Time-major delta, u, z, y (B, L, E); bias, D (E,); At (N, E). ``has_z`` False: no gate (z is ignored).
+    Same jobs and inner loop as :func:`forward`; the per-(step, channel) work (softplus, skip, gate) is done once
+    per step, outside the vectorised loop over states."""
+    batch, length, channels = u.shape
+    nstate = At.shape[0]
+    nblk = (channels + BLOCK - 1) // BLOCK
+    for job in prange(batch * nblk):
+        b = job // nblk
+        e0 = (job % nblk) * BLOCK
+        w = min(BLOCK, channels - e0)
+        s = np.zeros((nstate, BLOCK), np.float32)
+        dtr = np.empty(BLOCK, np.float32)
+        du = np.empty(BLOCK, np.float32)
+        acc = np.empty(BLOCK, np.float32)
+        for i in range(length):
+            t = length - 1 - i if reverse else i
+            for j in range(w):
+                d = delta[b, t, e0 + j] + bias[e0 + j]
+                d = _softplus(d) if softplus else d
+                dtr[j] = d
+                du[j] = d * u[b, t, e0 + j]
+                acc[j] = D[e0 + j] * u[b, t, e0 + j]
+            for n in range(nstate):
+                bn = Bt[b, t, n]
+                cn = Ct[b, t, n]
+                ar = At[n, e0 : e0 + w]
+                sn = s[n]
+                for j in range(w):
+                    v = fast_exp(dtr[j] * ar[j]) * sn[j] + du[j] * bn
+                    sn[j] = v
+                    acc[j] += v * cn
+            for j in range(w):
+                out = acc[j]
+                if has_z:
+                    g = z[b, t, e0 + j]
+                    out *= g / (_f32(1.0) + np.exp(-g))
+                y[b, t, e0 + j] = out

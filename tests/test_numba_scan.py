@@ -117,3 +117,19 @@ def test_kernel_threads_follow_torch() -> None:
         assert numba.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("extras", [True, False], ids=["D_z_bias", "plain"])
+@pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "raw_dt"])
+def test_fused_inference_matches_reference(shape: tuple, reverse: bool, extras: bool, softplus: bool) -> None:
+    """Without autograd, softplus + scan + skip + gate run in one kernel (the `vtr index` path)."""
+    x = make_inputs(*shape)
+    if not softplus:
+        x["delta"] = x["delta"].abs()  # a raw step must be positive
+    kw = x if extras else {k: x[k] for k in ARG_NAMES[:5]}
+    with torch.no_grad():
+        y = selective_scan_numba(**kw, delta_softplus=softplus, reverse=reverse)
+    y_ref = selective_scan_reference(**kw, delta_softplus=softplus, reverse=reverse)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-6 * float(y_ref.abs().max()) + 1e-7)
