@@ -30,7 +30,7 @@ DEMO_MODEL = "vtr-demo"
 DEMO_CONFIG = "demo_cpu"
 DEMO_VIDEOS = 600
 # The demo world: what a few CPU-minutes can learn (vtr.data.synth.generate_world options).
-DEMO_WORLD = {"two_event_fraction": 0.0, "distractor_fraction": 0.0}
+DEMO_WORLD = {"two_event_fraction": 0.0, "distractor_fraction": 0.0, "plain_captions": True}
 _NOISY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
 
 
