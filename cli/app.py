@@ -119,7 +119,7 @@ def synth(
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for the demo.")] = Path("demo_out"),
-    videos: Annotated[int, typer.Option("--videos", "-n", min=10, help="Clips in the demo world.")] = 1000,
+    videos: Annotated[int, typer.Option("--videos", "-n", min=10, help="Clips in the demo world.")] = 600,
     seed: int = 0,
     retrain: Annotated[bool, typer.Option(help="Train the demo model again even if one exists.")] = False,
     home: HomeOption = None,
@@ -266,7 +266,8 @@ def index_cmd(
     stride: Annotated[float | None, typer.Option(callback=positive("seconds"),
                                                  help="Window stride in seconds (default: --segment).")] = None,
     frames: Annotated[int | None, typer.Option(min=1, help="Frames per clip (default: the model's).")] = None,
-    workers: Annotated[int, typer.Option(min=0, help="Decode worker processes.")] = 2,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decode worker processes (default: from the core "
+                                                "count, beside the encoder's threads).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per encoder batch.")] = 16,
     device: DeviceOption = "auto",
     factory: Annotated[str | None, typer.Option(callback=check_factory, help="FAISS index_factory string for a new "

@@ -21,6 +21,7 @@ Backends (``VTR_SCAN_BACKEND`` or ``backend=`` picks one, otherwise the best for
 
 - ``triton``: fused Triton kernels (``triton_scan.py``, ``triton_conv.py``, ``triton_norm.py``), registered by
   ``triton_backend.py`` when triton imports; CUDA only.
+- ``numba``: Numba kernels for CPU tensors (``numba_scan.py``), chosen first on CPU when numba is installed.
 
 More backends plug in through :func:`register_backend`. A model resolves its backend once, into a
 :class:`ScanBackend` (:func:`get_backend`), and calls its functions directly: the per-call functions below
@@ -464,7 +465,7 @@ def resolve_backend(name: str | None, device: torch.device | str) -> str:
             for candidate in _CUDA_PREFERENCE:
                 if candidate in available:
                     return candidate
-        return "chunked"
+        return "numba" if "numba" in available else "chunked"
     if name not in available:
         problem = f"is not available on {device.type}" if name in _BACKENDS else "is not a scan backend"
         raise ConfigError(
@@ -524,3 +525,8 @@ def causal_conv1d(
 from vtr.encoders.triton_backend import register as _register_triton  # noqa: E402
 
 _register_triton()
+
+# The Numba CPU kernels (numba loads on first use); chosen first on CPU when numba is installed.
+from vtr.encoders.numba_scan import register as _register_numba  # noqa: E402
+
+_register_numba()

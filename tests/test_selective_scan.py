@@ -313,9 +313,9 @@ def test_causal_conv_keeps_dtype_and_rejects_bad_activation() -> None:
 # backend selection
 
 
-def test_cpu_defaults_to_chunked_and_dispatches() -> None:
-    assert resolve_backend(None, torch.device("cpu")) == "chunked"
-    assert available_backends("cpu") == ["reference", "chunked"]
+def test_cpu_defaults_to_numba_and_dispatches() -> None:
+    assert resolve_backend(None, torch.device("cpu")) == "numba"  # numba is a dependency (encoders/numba_scan.py)
+    assert available_backends("cpu") == ["reference", "chunked", "numba"]
     x = make_inputs(1, 2, 3, 20)
     torch.testing.assert_close(selective_scan(**x), run(selective_scan_reference, x), rtol=1e-5, atol=1e-6)
 
@@ -325,7 +325,7 @@ def test_env_and_explicit_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_backend(None, "cpu") == "reference"
     assert resolve_backend("chunked", "cpu") == "chunked"  # explicit beats the environment
     monkeypatch.setenv(ss.ENV_VAR, "auto")
-    assert resolve_backend(None, "cpu") == "chunked"
+    assert resolve_backend(None, "cpu") == "numba"
 
 
 def test_unknown_or_unavailable_backend_raises(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,7 +354,7 @@ def test_cuda_preference_and_register_backend(monkeypatch: pytest.MonkeyPatch) -
 
     register_backend("triton", fake_scan, lambda device: device.type in ("cuda", "cpu"))
     assert resolve_backend(None, "cuda") == "triton"
-    assert resolve_backend(None, "cpu") == "chunked"  # CPU keeps the chunked default
+    assert resolve_backend(None, "cpu") == "numba"  # CPU keeps its default
     x = make_inputs(1, 2, 3, 4)
     assert not selective_scan(**x, reverse=True, backend="triton").any() and calls == [True]
     # without a conv_fn a backend uses the reference conv

@@ -237,3 +237,22 @@ def test_overwrite_replaces_previous_world(tmp_path: Path) -> None:
     second = generate_world(tmp_path, 6, seed=2, test_fraction=0.34, workers=1, overwrite=True)
     assert len(list(second.videos_dir.glob("*.mp4"))) == second.num_videos == 6
     assert second.num_test == 2 and second.num_temporal_groups == 1
+
+
+def test_plain_captions_one_fixed_wording(tmp_path: Path) -> None:
+    """The demo's world: one caption per clip, the first wording of every part, parsed back to the clip's events;
+    a reversed partner's caption is the opposite event's."""
+    world = generate_world(tmp_path / "w", num_videos=20, seed=3, two_event_fraction=0.0, distractor_fraction=0.0,
+                           plain_captions=True)
+    train, test = _load(world.train_json), _load(world.test_json)
+    assert all(len(r["caption"]) == 1 for r in train)
+    for r in train + test:
+        text = r["caption"][0] if isinstance(r["caption"], list) else r["caption"]
+        assert text == make_caption(events_of(r))  # the default style: "a red circle moves left"
+        assert parse_caption(text) == events_of(r)
+    groups = defaultdict(list)
+    for r in test:
+        if r["temporal_group"]:
+            groups[r["temporal_group"]].append(r["caption"])
+    assert groups and all(len(set(c)) == 2 for c in groups.values())
+    assert _load(world.world_json)["options"]["plain_captions"] is True

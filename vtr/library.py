@@ -22,10 +22,12 @@ import torch
 
 from vtr.collapse import collapse_windows
 from vtr.errors import ConfigError, VideoDecodeError
+from vtr.estimate import RunEstimate
 from vtr.index.vectors import index_vectors, query_vectors
 from vtr.index_progress import IndexProgress
 from vtr.runtime import inference_dtype, resolve_device
 from vtr.segmentation import default_policy, requested_policy, settle_policy
+from vtr.threads import indexing_threads
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +215,7 @@ class Library:
         segment: float | None = None,
         stride: float | None = None,
         frames: int | None = None,
-        workers: int = 2,
+        workers: int | None = None,
         batch_size: int = 16,
         prune: bool = False,
         reindex: bool = False,
@@ -237,7 +239,8 @@ class Library:
         atomically (a video is committed with all its segments or not at all). ``prune`` removes files gone from
         disk (refused below a missing or unreadable root, and for most of an index unless ``yes``). ``wait_s``:
         how long to wait for another writer of this index. The model is loaded only when there is something to
-        encode.
+        encode. ``workers``: decode processes; None picks them and torch's threads from the core count
+        (:mod:`vtr.threads`).
         """
 
         from vtr.data.clips import ClipDataset, ClipRequest, clip_loader
@@ -250,7 +253,8 @@ class Library:
         frames = frames or self._model_config().num_frames
         default = default_policy(frames)
         requested = requested_policy(segment, stride, default)
-        with self._open_store(read_only=False, reindex=reindex, lock_timeout_s=wait_s) as store:
+        with self._open_store(read_only=False, reindex=reindex, lock_timeout_s=wait_s) as store, \
+                indexing_threads(workers, self.device) as workers:  # None: chosen from the core count
             if reindex:
                 store.reindex()
             total, multi = store.segment_counts()
@@ -313,6 +317,7 @@ class Library:
                 if entries:
                     store.add_videos(entries)
                 report.indexed += len(entries)
+                eta.update(report.indexed)
                 report.segments += sum(len(e.segments) for e in entries)
                 done_since_flush += len(entries)
                 for i in done:
@@ -344,6 +349,7 @@ class Library:
                 pending.clear()
 
             bar = IndexProgress(len(todo), enable=progress)
+            eta = RunEstimate(len(todo), bar.bar.write if progress else None)
             try:
                 for group in loader:
                     video = group["video"]

@@ -666,11 +666,15 @@ def _sample_unit(
     return _Unit(events, distractor, texture, h, w, n, plan, style_seed)
 
 
-def _captions(unit: _Unit, events: Sequence[Event], count: int, swapped: bool = False) -> list[str]:
+def _captions(unit: _Unit, events: Sequence[Event], count: int, swapped: bool = False,
+              plain: bool = False) -> list[str]:
     """``count`` distinct paraphrases (fewer only if the templates run out).
 
     ``swapped`` (a two-event partner): each event keeps the wording it has in the original's caption.
+    ``plain``: one caption in the first wording of every part ("a red circle moves left"), no background words.
     """
+    if plain:
+        return [make_caption(events, CaptionStyle(), unit.distractor, None)]
     rng = np.random.default_rng(unit.style_seed)
     out: list[str] = []
     for _ in range(50 * count):
@@ -794,6 +798,7 @@ def generate_world(
     two_event_fraction: float = 0.3,
     distractor_fraction: float = 0.3,
     fps: float = 8.0,
+    plain_captions: bool = False,
     workers: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
@@ -803,7 +808,8 @@ def generate_world(
     ``round(num_videos * test_fraction)`` files go to test; ``hard_negative_fraction`` of them come in
     temporal groups of two (a clip and its reversed or event-swapped partner). ``num_heldout_combos``
     (shape, colour) pairs never appear in train; ``heldout_fraction`` of the test clips (groups count
-    once) are built around one. ``workers`` processes render and encode (default: up to 2);
+    once) are built around one. ``plain_captions``: one caption per clip in one fixed wording (the demo's
+    easy world) instead of 2-3 paraphrases. ``workers`` processes render and encode (default: up to 2);
     ``progress(done, total)`` is called as videos are written.
     """
     if num_videos < 2:
@@ -852,8 +858,8 @@ def generate_world(
         name = f"train_{i:05d}.mp4"
         unit.plan.outputs.append((str(videos / name), "forward"))
         count = 2 + int(rng.integers(2))
-        train_records.append(_record(unit, name, unit.events, _captions(unit, unit.events, count), heldout,
-                                     None, None))
+        train_records.append(_record(unit, name, unit.events, _captions(unit, unit.events, count,
+                                                                        plain=plain_captions), heldout, None, None))
         plans.append(unit.plan)
 
     index = 0
@@ -866,15 +872,16 @@ def generate_world(
         unit.plan.outputs.append((str(videos / name), "forward"))
         grouped = u < num_groups
         group = f"tg{u:05d}" if grouped else None
-        test_records.append(_record(unit, name, unit.events, _captions(unit, unit.events, 1)[0], heldout,
-                                    group, "original" if grouped else None))
+        test_records.append(_record(unit, name, unit.events, _captions(unit, unit.events, 1, plain=plain_captions)[0],
+                                    heldout, group, "original" if grouped else None))
         if grouped:
             swap = len(unit.events) == 2
             partner_events = unit.events[::-1] if swap else [unit.events[0].reversed()]
             name = f"test_{index:05d}.mp4"
             index += 1
             unit.plan.outputs.append((str(videos / name), "swap" if swap else "reverse"))
-            test_records.append(_record(unit, name, partner_events, _captions(unit, partner_events, 1, swap)[0],
+            test_records.append(_record(unit, name, partner_events,
+                                        _captions(unit, partner_events, 1, swap, plain=plain_captions)[0],
                                         heldout, group, "swapped" if swap else "reversed"))
         plans.append(unit.plan)
 
@@ -934,6 +941,7 @@ def generate_world(
             "two_event_fraction": two_event_fraction,
             "distractor_fraction": distractor_fraction,
             "fps": fps,
+            "plain_captions": plain_captions,
         },
         "shapes": list(SHAPES),
         "colors": list(COLORS),
