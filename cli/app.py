@@ -301,7 +301,7 @@ def index_cmd(
         if len(paths) > 1:
             raise ConfigError(f"`vtr index {action}` takes no paths (use --index NAME)")
         return _index_action(action, index, db, home, as_json)
-    check_video_paths(paths)
+    check_video_paths(paths, prune=prune)
     from vtr.library import Library
 
     lib = Library(home=home, index=index, model=model, device=device, db_url=db, factory=factory)

@@ -99,7 +99,8 @@ def check_query(param: typer.CallbackParam, value: str | None) -> str | None:
     except UnicodeEncodeError as exc:
         raise _bad(param, "the query is not valid UTF-8 text") from exc
     if not value.strip():
-        raise _bad(param, "the query is empty")
+        raise _bad(param, 'the query is empty (empty query): say in words what to look for, e.g. vtr search '
+                          '"person chopping onions"')
     return value
 
 
@@ -117,9 +118,11 @@ def video_path_problem(path: Path) -> str | None:
     return f"is {kind}, not a video file or folder"
 
 
-def check_video_paths(paths: Sequence[Path]) -> None:
-    """Every path given to ``vtr index`` must be a video file or a folder: else BadParameter (exit 2)."""
+def check_video_paths(paths: Sequence[Path], prune: bool = False) -> None:
+    """Every path given to ``vtr index`` must be a video file or a folder: else BadParameter (exit 2). With
+    ``--prune`` the message says that nothing was pruned (a missing root is never read as "all files deleted")."""
     for p in paths:
         problem = video_path_problem(p)
         if problem:
-            raise typer.BadParameter(f"{str(p)!r} {problem}", param_hint="'PATHS...'")
+            why = "; nothing was pruned (is the drive unplugged or the share unmounted?)" if prune else ""
+            raise typer.BadParameter(f"{str(p)!r} {problem}{why}", param_hint="'PATHS...'")

@@ -43,6 +43,11 @@ def test_demo_last_printed_command_works_as_printed(tmp_path: Path) -> None:
 
 def test_quiet_lightning_raises_and_restores_levels() -> None:
     names = ("lightning.pytorch", "lightning.fabric")
+    from vtr.compat import ensure_torchvision
+
+    ensure_torchvision()
+    import lightning.pytorch  # noqa: F401  (its import sets its loggers' levels: measure after it)
+
     before = [logging.getLogger(n).level for n in names]
     with quiet_lightning():
         for n in names:

@@ -42,7 +42,7 @@ def test_library_index_sets_torch_threads_from_workers(tmp_path, monkeypatch, wo
     from vtr.data.synth import generate_world
     from vtr.model.registry import save_model_dir
     from vtr.model.retrieval import build_model, config_for
-    from vtr.pipeline import Library
+    from vtr.library import Library
 
     world = generate_world(tmp_path / "world", num_videos=3, seed=1)
     torch.manual_seed(0)

@@ -74,7 +74,7 @@ def _serve_exists() -> bool:
 
 def _pick_index(home: str | Path | None, model_sha: str | None) -> tuple[str, bool]:
     """(index name, reindex): the default index unless it holds another model's vectors (then ``demo``)."""
-    from vtr.pipeline import list_libraries
+    from vtr.library import list_libraries
 
     existing = {s["name"]: s for s in list_libraries(home)}
     for name in ("default", "demo"):
