@@ -40,9 +40,9 @@ def test_indexing_threads_sets_and_restores() -> None:
 def test_library_index_sets_torch_threads_from_workers(tmp_path, monkeypatch, workers: int) -> None:
     """Indexing with N decode workers encodes with cores - N torch threads (at least one)."""
     from vtr.data.synth import generate_world
+    from vtr.library import Library
     from vtr.model.registry import save_model_dir
     from vtr.model.retrieval import build_model, config_for
-    from vtr.library import Library
 
     world = generate_world(tmp_path / "world", num_videos=3, seed=1)
     torch.manual_seed(0)
