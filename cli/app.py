@@ -252,6 +252,10 @@ def index_cmd(
     reindex: Annotated[bool, typer.Option(help="Drop the index's vectors and re-embed (model change).")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Try files that failed before again.")] = False,
     db: DbOption = None,
+    engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster; pip install "
+                                        "'vtr[ray]').")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address for --engine ray (default: "
+                                                    "RAY_ADDRESS, else a local Ray instance).")] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -272,8 +276,14 @@ def index_cmd(
     from vtr.library import Library
 
     lib = Library(home=home, index=index, model=model, device=device, db_url=db, factory=factory)
+    ray_options = None
+    if engine == "ray":
+        from vtr.engines.ray_engine import RayOptions
+
+        ray_options = RayOptions(address=ray_address)
     report = lib.index(paths, segment=segment, stride=stride, frames=frames, workers=workers,
-                       batch_size=batch_size, prune=prune, reindex=reindex, retry_failed=retry_failed)
+                       batch_size=batch_size, prune=prune, reindex=reindex, retry_failed=retry_failed,
+                       engine=engine, ray_options=ray_options)
     if as_json:
         emit_json(report.to_dict())
         return

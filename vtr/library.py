@@ -169,13 +169,23 @@ class Library:
         flush_interval_s: float = 20.0,
         progress: bool = True,
         on_video: Callable[[str], None] | None = None,
+        engine: str = "local",
+        ray_options: Any = None,
     ) -> IndexReport:
         """Index the videos under ``paths`` (incremental: unchanged files are skipped; resumable after a crash).
 
         ``segment``/``stride`` (seconds): cut videos longer than ``segment`` into windows, one vector each.
         Bad files are recorded with their reason and skipped. The catalog commits each encoder batch of videos
-        atomically (all or none of them).
+        atomically (all or none of them). ``engine="ray"`` decodes and encodes on a Ray cluster
+        (:mod:`vtr.engines.ray_engine`, ``ray_options``: its :class:`~vtr.engines.ray_engine.RayOptions`); the
+        plan and the catalog writes are the same.
         """
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"unknown engine {engine!r}: use local or ray")
+        if engine == "ray":
+            from vtr.engines.ray_engine import require_ray
+
+            require_ray()  # before any work: the fix is an install
         from vtr.index.store import VideoEntry
 
         t0 = time.perf_counter()
@@ -189,6 +199,19 @@ class Library:
             report.unchanged, report.touched = len(plan.unchanged), len(plan.touched)
             report.pruned = len(plan.deleted) if plan.pruned else 0
             todo = plan.to_index
+            if engine == "ray":
+                from vtr.engines.ray_engine import RayOptions, index_with_ray
+
+                opts = ray_options or RayOptions()
+                try:
+                    index_with_ray(self, store, todo, report, frames=frames, segment=segment, stride=stride,
+                                   batch_size=batch_size, flush_every=flush_every, flush_interval_s=flush_interval_s,
+                                   on_video=on_video, opts=opts, progress=progress)
+                finally:
+                    store.flush()
+                report.wall_s = round(time.perf_counter() - t0, 3)
+                report.videos_per_s = round(report.indexed / report.wall_s, 3) if report.wall_s else 0.0
+                return report
             clips = ClipDataset([ClipRequest(p.path, content_hash=p.content_hash) for p in todo], frames,
                                 model.cfg.img_size, segment=segment, stride=stride, probe=True, hash_content=True,
                                 dtype=torch.float16)
