@@ -141,6 +141,11 @@ class _Encoder:
 # --------------------------------------------------------------------------- the driver's writer
 
 
+def _scalar(value: Any) -> Any:
+    """A numpy scalar as the Python value (strings come back as ``str`` already)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 class _Writer:
     """The single writer: gathers each video's rows, commits complete videos in batches, records failures."""
 
@@ -163,7 +168,7 @@ class _Writer:
                 continue
             video = self.partial.setdefault(i, {"i": i, "nw": int(batch["nw"][r]), "rows": {},
                                                 "sha256": str(batch["sha256"][r]),
-                                                "info": {k: batch[k][r].item() for k in _INFO_COLUMNS}})
+                                                "info": {k: _scalar(batch[k][r]) for k in _INFO_COLUMNS}})
             video["rows"][int(batch["w"][r])] = (float(batch["start_s"][r]), float(batch["end_s"][r]),
                                                  np.array(batch["vector"][r], np.float32))
             if len(video["rows"]) == video["nw"]:
@@ -254,7 +259,11 @@ def index_with_ray(lib: Any, store: Any, todo: Sequence[Any], report: Any, *, fr
     log.info("ray: %d encoder actors (%s GPU, %s CPU each) for %d videos", actors, gpus, cpus, len(todo))
     items = [{"i": k, "path": p.path, "content_hash": p.content_hash or ""} for k, p in enumerate(todo)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / opts.videos_per_task)))
+    # ``memory`` (a scheduling hint: decoded clips of a task) also keeps Ray from fusing the decode tasks into the
+    # encoder actors on CPU-only clusters, where both would otherwise ask for the same resources.
+    clip_bytes = frames * 3 * cfg.img_size * cfg.img_size * 2
     ds = ds.map_batches(_decode, batch_size=opts.videos_per_task, num_cpus=opts.decode_cpus,
+                        memory=max(256 << 20, 4 * opts.videos_per_task * clip_bytes),
                         fn_kwargs={"frames": frames, "size": cfg.img_size, "segment": segment, "stride": stride})
     ds = ds.map_batches(_Encoder, batch_size=batch_size, num_gpus=gpus, num_cpus=cpus,
                         compute=ray.data.ActorPoolStrategy(size=actors),
