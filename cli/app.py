@@ -231,13 +231,13 @@ IndexOption = Annotated[str, typer.Option("--index", help="Index name (several c
 DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL of the catalog (default: SQLite in home).")]
 
-INDEX_ACTIONS = ("status", "list", "remove")
+INDEX_ACTIONS = ("status", "list", "remove", "ondisk")
 
 
 @app.command("index")
 def index_cmd(
     paths: Annotated[list[Path] | None, typer.Argument(
-        help="Video files or folders (walked recursively); or one of: status, list, remove.")] = None,
+        help="Video files or folders (walked recursively); or one of: status, list, remove, ondisk.")] = None,
     model: ModelOption = None,
     index: IndexOption = "default",
     segment: Annotated[float | None, typer.Option(help="Cut videos longer than this (s) into windows.")] = None,
@@ -272,6 +272,18 @@ def index_cmd(
     if action in INDEX_ACTIONS and not paths[0].exists():
         if len(paths) > 1:
             raise ConfigError(f"`vtr index {action}` takes no paths (use --index NAME)")
+        if action == "ondisk":  # the out-of-core IVF index, built from the catalog
+            if not factory:
+                raise ConfigError("vtr index ondisk needs --factory, e.g. IVF65536,SQ8 (see docs/scale.md)")
+            from vtr.library import Library
+
+            built = Library(home=home, index=index, db_url=db).build_ondisk(factory)
+            if as_json:
+                emit_json(built)
+            else:
+                out.print(f"on-disk index {built['factory']}: {built['ntotal']} vectors in {built['build_s']} s, "
+                          f"{built['disk_bytes'] / 2**20:.1f} MiB on disk, {built['ram_bytes'] / 2**20:.1f} MiB in RAM")
+            return
         return _index_action(action, index, db, home, as_json)
     from vtr.library import Library
 

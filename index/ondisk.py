@@ -22,10 +22,12 @@ transforms; FAISS cannot put fast-scan (``...fs``) or refined (``,RFlat``) index
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -66,6 +68,23 @@ class OnDiskInfo:
     build_s: float
     disk_bytes: int
     ram_bytes: int  # what a searcher keeps in RAM: the quantiser, codec tables and list table (populated.index)
+
+
+@contextlib.contextmanager
+def _c_stdout_to_stderr() -> Iterator[None]:
+    """FAISS's on-disk lists print progress with C printf: send it to stderr (stdout may carry --json)."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def ondisk_path(home: Path, name: str) -> Path:
@@ -128,14 +147,8 @@ def build_ondisk(
             del part
             log.info("ondisk: shard %d written (%d vectors)", k, len(ids))
         index = faiss.read_index(str(trained))
-        if shard_files:
-            from faiss.contrib.ondisk import merge_ondisk
-
-            merge_ondisk(index, shard_files, str(work / LISTS_FILE))
-        else:  # an empty library still gets a valid (empty) on-disk index
-            lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(work / LISTS_FILE))
-            faiss.extract_index_ivf(index).replace_invlists(lists, True)
-            lists.this.disown()
+        with _c_stdout_to_stderr():
+            _merge(index, shard_files, work / LISTS_FILE)
         faiss.write_index(index, str(work / INDEX_FILE))
         ntotal = int(index.ntotal)
         del index
@@ -155,6 +168,19 @@ def build_ondisk(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def _merge(index: Any, shard_files: list[str], lists_file: Path) -> None:
+    """Merge the shards' inverted lists into ``lists_file`` and make them ``index``'s (``faiss.contrib.ondisk``)."""
+    if shard_files:
+        from faiss.contrib.ondisk import merge_ondisk
+
+        merge_ondisk(index, shard_files, str(lists_file))
+        return
+    ivf = faiss.extract_index_ivf(index)  # an empty library still gets a valid (empty) on-disk index
+    lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(lists_file))
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()
 
 
 # --------------------------------------------------------------------------- from the catalog
@@ -221,7 +247,8 @@ class OnDiskIndex:
             self.info = OnDiskInfo(**json.loads((self.folder / META_FILE).read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"no on-disk index at {str(self.folder)!r} (build it with `vtr index ondisk`)") from exc
-        self.index = faiss.read_index(str(self.folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        with _c_stdout_to_stderr():
+            self.index = faiss.read_index(str(self.folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
         self.ivf = faiss.extract_index_ivf(self.index)
         self.nprobe = nprobe or default_nprobe(int(self.ivf.nlist))
 
@@ -244,3 +271,15 @@ class OnDiskIndex:
     def footprint(self) -> dict[str, int]:
         """``ram_bytes`` (quantiser + list table held by a searcher) and ``disk_bytes`` (all files)."""
         return {"ram_bytes": (self.folder / INDEX_FILE).stat().st_size, "disk_bytes": _dir_bytes(self.folder)}
+
+
+def search_with_catalog(store: Any, ondisk: OnDiskIndex, queries: np.ndarray, k: int) -> list[list[Any]]:
+    """Search ``ondisk`` and resolve its ids through ``store``'s catalog (one snapshot), as
+    :meth:`LibraryStore.search` does: ids whose rows are gone (removed since the build) are dropped."""
+    from vtr.index.store import Hit
+
+    scores, ids = ondisk.search(queries, k)
+    with store.catalog.read() as s:
+        rows = store._segment_rows(s, np.unique(ids[ids >= 0]))
+    return [[Hit(float(sc), int(i), *rows[int(i)]) for sc, i in zip(srow, irow, strict=True) if int(i) in rows]
+            for srow, irow in zip(scores, ids, strict=True)]

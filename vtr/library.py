@@ -77,6 +77,7 @@ class Library:
         self._model = None
         self._reader = None  # the read-only store: opened on first use, kept until close()
         self._model_checked = False
+        self._ondisk_index = None  # an out-of-core IVF index built by build_ondisk (vtr.index.ondisk), opened once
 
     def __enter__(self) -> Library:
         return self
@@ -321,7 +322,13 @@ class Library:
         return self._search_vectors(query_vectors(m), k)[0]
 
     def _search_vectors(self, q: np.ndarray, k: int) -> list[list[SearchHit]]:
-        hits = self._store().search(q, k, nprobe=self.nprobe)
+        ondisk = self._ondisk()
+        if ondisk is not None:  # built with `vtr index ondisk`: its memory-mapped lists answer
+            from vtr.index.ondisk import search_with_catalog
+
+            hits = search_with_catalog(self._store(), ondisk, q, k)
+        else:
+            hits = self._store().search(q, k, nprobe=self.nprobe)
         return [[SearchHit(r + 1, h.score, h.video_path, h.start_s, h.end_s) for r, h in enumerate(row)]
                 for row in hits]
 
@@ -351,10 +358,46 @@ class Library:
 
     # ------------------------------------------------------------------ management
 
+    def _ondisk(self):
+        """The on-disk IVF index of this library (None when none was built), opened once."""
+        if self._ondisk_index is None:
+            from vtr.index.ondisk import OnDiskIndex, ondisk_path
+
+            store = self._store()
+            folder = ondisk_path(store.home, store.name)
+            if not folder.exists():
+                return None
+            self._ondisk_index = OnDiskIndex(folder)
+            store.catch_up()
+            generation = store._generation
+            if self._ondisk_index.info.generation != generation:
+                log.warning("the on-disk index of %r was built from an older catalog state (generation %s, now %s): "
+                            "removed videos are skipped, new ones are missing until `vtr index ondisk` rebuilds it",
+                            store.name, self._ondisk_index.info.generation, generation)
+        if self.nprobe:
+            self._ondisk_index.nprobe = self.nprobe
+        return self._ondisk_index
+
+    def build_ondisk(self, factory: str, train_size: int | None = None, shard_size: int | None = None) -> dict:
+        """Build the out-of-core IVF index of this library from its catalog (:mod:`vtr.index.ondisk`)."""
+        from vtr.index.ondisk import DEFAULT_SHARD_SIZE, DEFAULT_TRAIN_SIZE, build_ondisk_from_catalog
+
+        info = build_ondisk_from_catalog(self._store(), factory, train_size=train_size or DEFAULT_TRAIN_SIZE,
+                                         shard_size=shard_size or DEFAULT_SHARD_SIZE)
+        self._ondisk_index = None
+        return asdict(info)
+
     def status(self) -> dict[str, Any]:
         store = self._store()
         store.catch_up()
-        return asdict(store.status())
+        status = asdict(store.status())
+        # RAM of the in-memory FAISS index: about the size of its file (FAISS serialises its arrays as they are)
+        status["faiss_ram_bytes"] = status["faiss_bytes"]
+        ondisk = self._ondisk()
+        if ondisk is not None:
+            status["ondisk"] = {**asdict(ondisk.info), **ondisk.footprint(), "nprobe": ondisk.nprobe,
+                                "current": ondisk.info.generation == store._generation}
+        return status
 
 
 def list_libraries(home=None, db_url: str | None = None) -> list[dict[str, Any]]:
