@@ -112,12 +112,12 @@ def _decode(batch: dict[str, np.ndarray], *, frames: int, size: int, segment: fl
 class _Encoder:
     """A Ray actor holding the model (loaded once); turns a batch of clips into stored vectors."""
 
-    def __init__(self, model_path: str, home: str | None, threads: int) -> None:
+    def __init__(self, model_path: str, home: str | None, threads: int, gpu: bool) -> None:
         import torch
 
         from vtr.library import Library
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES per actor
+        device = "cuda" if gpu else "cpu"  # a GPU actor sees only its GPU (Ray sets CUDA_VISIBLE_DEVICES)
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.lib = Library(home=home, model=model_path, device=device)
@@ -269,7 +269,7 @@ def index_with_ray(lib: Any, store: Any, todo: Sequence[Any], report: Any, *, fr
                         compute=ray.data.ActorPoolStrategy(size=actors),
                         fn_constructor_kwargs={"model_path": os.fspath(model_path),
                                                "home": None if lib.home is None else os.fspath(lib.home),
-                                               "threads": max(1, int(cpus))})
+                                               "threads": max(1, int(cpus)), "gpu": gpus > 0})
     bar = tqdm(total=len(todo), desc="index (ray)", unit="video", file=sys.stderr, disable=not progress)
     writer = _Writer(store, [p.path for p in todo], report, batch_size, flush_every, flush_interval_s, bar, on_video)
     try:
