@@ -22,7 +22,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 test: install lint
-	$(VENV)/bin/pytest -q -m "not gpu and not slow" --timeout 600
+	$(VENV)/bin/pytest -q -m "not gpu and not slow and not postgres and not ray" --timeout 600
 
 demo: install
 	$(VENV)/bin/vtr demo --out demo_out

@@ -250,13 +250,14 @@ IndexOption = Annotated[str, typer.Option("--index", help="Index name (several c
 DeviceOption = Annotated[str, typer.Option(callback=check_device, help="auto | cpu | cuda | cuda:N")]
 DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL of the catalog (default: SQLite in home).")]
 
-INDEX_ACTIONS = ("status", "list", "remove", "repair")
+INDEX_ACTIONS = ("status", "list", "remove", "repair", "ondisk")
 
 
 @app.command("index")
 def index_cmd(
     paths: Annotated[list[Path] | None, typer.Argument(
-        help="Video files or folders (walked recursively); or one of: status, list, remove, repair.")] = None,
+        help="Video files or folders (walked recursively); or one of: status, list, remove, repair, ondisk.")
+    ] = None,
     model: ModelOption = None,
     index: IndexOption = "default",
     segment: Annotated[float | None, typer.Option(callback=non_negative("seconds"),
@@ -280,10 +281,14 @@ def index_cmd(
     wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for another process writing this index.")
                     ] = 0.0,
     db: DbOption = None,
+    engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster; pip install "
+                                        "'vtr[ray]').")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address for --engine ray (default: "
+                                                    "RAY_ADDRESS, else a local Ray instance).")] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Index videos (`vtr index PATH...`), or manage indexes: `vtr index status|list|remove|repair [--index NAME]`.
+    """Index videos (`vtr index PATH...`), or manage indexes: `vtr index status|list|remove|repair|ondisk [--index NAME]`.
 
     Incremental (unchanged files are skipped) and crash-safe (re-run to resume); bad files are recorded with
     their reason and skipped. `--prune` refuses a folder that is missing or unreadable (an unplugged drive).
@@ -300,14 +305,31 @@ def index_cmd(
     if action in INDEX_ACTIONS and not paths[0].exists():
         if len(paths) > 1:
             raise ConfigError(f"`vtr index {action}` takes no paths (use --index NAME)")
+        if action == "ondisk":  # the out-of-core IVF index, built from the catalog
+            if not factory:
+                raise ConfigError("vtr index ondisk needs --factory, e.g. IVF65536,SQ8 (see docs/scale.md)")
+            from vtr.library import Library
+
+            built = Library(home=home, index=index, db_url=db).build_ondisk(factory)
+            if as_json:
+                emit_json(built)
+            else:
+                out.print(f"on-disk index {built['factory']}: {built['ntotal']} vectors in {built['build_s']} s, "
+                          f"{built['disk_bytes'] / 2**20:.1f} MiB on disk, {built['ram_bytes'] / 2**20:.1f} MiB in RAM")
+            return
         return _index_action(action, index, db, home, as_json)
     check_video_paths(paths, prune=prune)
     from vtr.library import Library
 
     lib = Library(home=home, index=index, model=model, device=device, db_url=db, factory=factory)
+    ray_options = None
+    if engine == "ray":
+        from vtr.engines.ray_engine import RayOptions
+
+        ray_options = RayOptions(address=ray_address)
     report = lib.index(paths, segment=segment, stride=stride, frames=frames, workers=workers,
                        batch_size=batch_size, prune=prune, reindex=reindex, retry_failed=retry_failed, yes=yes,
-                       wait_s=wait)
+                       wait_s=wait, engine=engine, ray_options=ray_options)
     if as_json:
         emit_json(report.to_dict())
         return

@@ -1,6 +1,7 @@
 """The catalog: which videos are indexed, their segments and embeddings, and the indexes built over them.
 
-SQLAlchemy 2 ORM over SQLite (``<home>/catalog.db``, WAL mode) by default, or any SQLAlchemy URL.
+SQLAlchemy 2 ORM over SQLite (``<home>/catalog.db``, WAL mode) by default, or any SQLAlchemy URL; PostgreSQL
+(``postgresql+psycopg://...``) is tested as well (readers in REPEATABLE READ: one snapshot per read transaction).
 
 The catalog is the point of truth of vtr's library: every embedding is stored here (``embeddings``), so
 the FAISS index of a library is derived data that can always be rebuilt from it. Write transactions are
@@ -294,6 +295,10 @@ def migrate(engine: Engine, target: int | None = None) -> tuple[int, int]:
     if target not in MIGRATIONS:
         raise ValueError(f"unknown schema version {target} (known: {sorted(MIGRATIONS)})")
     with engine.execution_options(vtr_begin="BEGIN IMMEDIATE").begin() as conn:
+        if conn.dialect.name == "postgresql":  # serialise concurrent openers (SQLite: BEGIN IMMEDIATE does)
+            from vtr.index.pg_lock import MIGRATION_KEY, VTR_LOCK_CLASS
+
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": VTR_LOCK_CLASS, "k": MIGRATION_KEY})
         before = schema_version(conn)
         if before > CURRENT_VERSION:
             raise ConfigError(
@@ -367,6 +372,11 @@ def create_catalog_engine(
         _install_sqlite_events(engine, busy_timeout_s, wal=not memory, read_only=read_only)
         install_error_mapping(engine, None if memory else url.database)
         return engine
+    if url.get_backend_name() == "postgresql":
+        # Readers see one snapshot from their first statement to their end (as SQLite WAL readers do); the one
+        # writer (advisory lock, see vtr.index.pg_lock) commits in READ COMMITTED (Catalog.write).
+        connect_args = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+        return sa.create_engine(url, pool_pre_ping=True, isolation_level="REPEATABLE READ", connect_args=connect_args)
     return sa.create_engine(url, pool_pre_ping=True)
 
 
@@ -392,6 +402,8 @@ class Catalog:
         self.read_only = read_only
         self.schema = schema  # the schema version this catalog had when opened (read-only: maybe older)
         self._writer = engine.execution_options(vtr_begin="BEGIN IMMEDIATE")
+        if engine.dialect.name == "postgresql":
+            self._writer = engine.execution_options(isolation_level="READ COMMITTED")
 
     @classmethod
     def open(

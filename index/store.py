@@ -50,6 +50,7 @@ from vtr.index.catalog import (
 from vtr.index.files import VIDEO_EXTENSIONS, walk_videos
 from vtr.index.integrity import end_writing, home_writable, start_writing, writable_home
 from vtr.index.lock import FileLock
+from vtr.index.pg_lock import AdvisoryLock, index_lock
 from vtr.index.plan import CatalogRow, Plan, PlanItem, check_prune_roots, check_prune_share, make_plan, stat_file
 from vtr.index.vector_index import VectorIndex, normalize
 from vtr.index.vectors import stored_width
@@ -201,7 +202,7 @@ class LibraryStore:
         *,
         read_only: bool,
         device: str,
-        lock: FileLock | None,
+        lock: FileLock | AdvisoryLock | None,
     ) -> None:
         self.catalog = catalog
         self.home = home
@@ -264,8 +265,8 @@ class LibraryStore:
         catalog = Catalog.open(home_path, db_url, read_only=read_only)
         lock = None
         try:
-            if not read_only:
-                lock = FileLock(_lock_path(home_path, name), lock_timeout_s, f"index {name!r}")
+            if not read_only:  # a file lock for SQLite, an advisory lock in a PostgreSQL server
+                lock = index_lock(catalog.engine, _lock_path(home_path, name), name, lock_timeout_s, f"index {name!r}")
                 start_writing(home_path, name)  # stale temp files go; the unclean-shutdown marker is set
             record = cls._prepare_record(
                 catalog, name, model_name, weights_sha256, dim, factory, read_only=read_only, reindex=reindex
@@ -1014,9 +1015,9 @@ def remove_index(
     home_path = data_home(home, create=False)
     if not _catalog_exists(home_path, db_url):
         return False
-    lock = FileLock(_lock_path(home_path, name), lock_timeout_s, f"index {name!r}")
-    try:
-        with Catalog.open(home_path, db_url) as catalog:
+    with Catalog.open(home_path, db_url) as catalog:
+        lock = index_lock(catalog.engine, _lock_path(home_path, name), name, lock_timeout_s, f"index {name!r}")
+        try:
             with catalog.write() as s:
                 record = s.scalar(sa.select(IndexRecord).where(IndexRecord.name == name))
                 if record is not None:
@@ -1027,5 +1028,5 @@ def remove_index(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(_faiss_path(home_path, name))
             return record is not None
-    finally:
-        lock.release()  # the lock file stays: unlinking it would let two processes hold "the" lock
+        finally:
+            lock.release()  # the lock file stays: unlinking it would let two processes hold "the" lock

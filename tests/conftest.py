@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from pg_server import pg_server, pg_url  # noqa: F401  (fixtures: a throw-away PostgreSQL server)
 
 from vtr.data.video_writer import write_video
 

@@ -1,4 +1,5 @@
-"""Catalog: creation, WAL, migrations, non-UTF-8 paths, constraints, snapshots."""
+"""Catalog: creation, WAL, migrations, non-UTF-8 paths, constraints, snapshots (the ``db`` cases run on SQLite
+and on a real PostgreSQL server, see tests/pg_server.py)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,27 @@ from vtr.index.catalog import (
 )
 
 NON_UTF8 = b"caf\xe9 \xff\xfe clip.mp4"  # Latin-1 e-acute and bytes that are never UTF-8
+
+
+class Db:
+    """Where a test's catalog lives: SQLite in ``tmp_path`` or a fresh PostgreSQL database."""
+
+    def __init__(self, tmp_path: Path, url: str | None) -> None:
+        self.tmp_path, self.url = tmp_path, url
+
+    def open(self, **kw) -> Catalog:
+        return Catalog.open(self.tmp_path, self.url, **kw)
+
+    def engine(self):
+        if self.url is None:
+            return create_catalog_engine(path=self.tmp_path / CATALOG_FILE)
+        return create_catalog_engine(self.url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    return Db(tmp_path, url)
 
 
 def _index(s, name: str = "default") -> IndexRecord:
@@ -78,9 +100,9 @@ def test_create_wal_and_pragmas(tmp_path: Path) -> None:
         assert cat.version() == CURRENT_VERSION
 
 
-def test_migrated_schema_matches_the_orm_models(tmp_path: Path) -> None:
+def test_migrated_schema_matches_the_orm_models(db: Db) -> None:
     """The migrations and the ORM models describe the same tables, columns and indexes."""
-    with Catalog.open(tmp_path) as cat:
+    with db.open() as cat:
         insp = sa.inspect(cat.engine)
         for table in Base.metadata.sorted_tables:
             db_cols = {c["name"]: c for c in insp.get_columns(table.name)}
@@ -102,9 +124,8 @@ def test_any_sqlalchemy_url(tmp_path: Path) -> None:
         assert mem.version() == CURRENT_VERSION
 
 
-def test_upgrade_v1_database_to_current(tmp_path: Path) -> None:
-    path = tmp_path / CATALOG_FILE
-    engine = create_catalog_engine(path=path)
+def test_upgrade_v1_database_to_current(db: Db) -> None:
+    engine = db.engine()
     assert migrate(engine, target=1) == (0, 1)
     insp = sa.inspect(engine)
     assert "extra" not in {c["name"] for c in insp.get_columns("embeddings")}
@@ -130,7 +151,7 @@ def test_upgrade_v1_database_to_current(tmp_path: Path) -> None:
         conn.execute(sa.text("INSERT INTO embeddings (vector_id, index_id, vector) VALUES (7, 1, :v)"), {"v": vec})
     engine.dispose()
 
-    with Catalog.open(tmp_path) as cat:
+    with db.open() as cat:
         assert cat.version() == CURRENT_VERSION
         with cat.read() as s:
             rec = s.scalar(sa.select(IndexRecord))
@@ -147,15 +168,15 @@ def test_upgrade_v1_database_to_current(tmp_path: Path) -> None:
         assert "ix_segments_video_id" in {i["name"] for i in insp.get_indexes("segments")}
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    Catalog.open(tmp_path).close()
-    engine = create_catalog_engine(path=tmp_path / CATALOG_FILE)
+def test_newer_schema_is_refused(db: Db) -> None:
+    db.open().close()
+    engine = db.engine()
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO schema_version (version, applied_at) VALUES (99, :t)"), {"t": utcnow()})
         assert schema_version(conn) == 99
     engine.dispose()
     with pytest.raises(ConfigError, match="newer"):
-        Catalog.open(tmp_path)
+        db.open()
 
 
 def test_read_only_catalog(tmp_path: Path) -> None:
@@ -179,13 +200,13 @@ def test_read_only_catalog(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that takes any bytes as a name")
-def test_non_utf8_path_round_trip(tmp_path: Path) -> None:
+def test_non_utf8_path_round_trip(db: Db, tmp_path: Path) -> None:
     raw = os.fsencode(tmp_path) + b"/" + NON_UTF8
     with open(raw, "wb") as fh:
         fh.write(b"x")
     path = os.fsdecode(raw)  # str with surrogate escapes
     assert encode_path(path)[0] == raw and encode_path(raw)[0] == raw
-    with Catalog.open(tmp_path) as cat:
+    with db.open() as cat:
         with cat.write() as s:
             rec = _index(s)
             _video(s, rec.id, path)
@@ -198,8 +219,8 @@ def test_non_utf8_path_round_trip(tmp_path: Path) -> None:
         video.path.encode("utf-8")  # the display string is valid text
 
 
-def test_unique_constraints(tmp_path: Path) -> None:
-    with Catalog.open(tmp_path) as cat:
+def test_unique_constraints(db: Db) -> None:
+    with db.open() as cat:
         with cat.write() as s:
             a, b = _index(s, "a"), _index(s, "b")
             va = _video(s, a.id, "/v/x.mp4")
@@ -221,8 +242,8 @@ def test_unique_constraints(tmp_path: Path) -> None:
                     s.flush()
 
 
-def test_delete_cascades(tmp_path: Path) -> None:
-    with Catalog.open(tmp_path) as cat:
+def test_delete_cascades(db: Db) -> None:
+    with db.open() as cat:
         with cat.write() as s:
             rec = _index(s)
             video = _video(s, rec.id, "/v/y.mp4")
@@ -235,8 +256,8 @@ def test_delete_cascades(tmp_path: Path) -> None:
                 assert s.scalar(sa.select(sa.func.count()).select_from(model)) == 0
 
 
-def test_reader_sees_one_snapshot(tmp_path: Path) -> None:
-    with Catalog.open(tmp_path) as writer, Catalog.open(tmp_path, read_only=True) as reader:
+def test_reader_sees_one_snapshot(db: Db) -> None:
+    with db.open() as writer, db.open(read_only=True) as reader:
         with writer.write() as s:
             rec = _index(s)
             _video(s, rec.id, "/v/0.mp4")
@@ -248,3 +269,14 @@ def test_reader_sees_one_snapshot(tmp_path: Path) -> None:
             assert rs.scalar(count) == 1  # still the reader's snapshot
         with reader.read() as rs:
             assert rs.scalar(count) == 2
+
+
+def test_read_only_catalog_refuses_writes(db: Db) -> None:
+    db.open().close()
+    with db.open(read_only=True) as ro:
+        with pytest.raises(ConfigError):
+            with ro.write():
+                pass
+        with pytest.raises(OperationalError if db.url is None else sa.exc.InternalError):  # query_only / read-only
+            with ro.engine.begin() as conn:
+                conn.exec_driver_sql("DELETE FROM videos")

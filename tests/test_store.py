@@ -38,8 +38,13 @@ linux_only = pytest.mark.skipif(sys.platform != "linux", reason="needs a file sy
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
+# The catalog of the tests that take the ``library`` fixture: SQLite in the home (None), or a PostgreSQL database
+# (set by the fixture; in the environment too, for the reader subprocess).
+_DB_URL: str | None = os.environ.get("VTR_TEST_DB_URL")
+
+
 def open_store(home: Path, **kw) -> LibraryStore:
-    kw = {"model_name": MODEL, "weights_sha256": WEIGHTS, "dim": DIM, "device": "cpu"} | kw
+    kw = {"model_name": MODEL, "weights_sha256": WEIGHTS, "dim": DIM, "device": "cpu", "db_url": _DB_URL} | kw
     return LibraryStore.open(home, **kw)
 
 
@@ -80,9 +85,13 @@ def top(store: LibraryStore, query: np.ndarray, k: int = 5, **kw) -> list[tuple[
     return [(h.video_path, h.start_s, h.end_s) for h in store.search(query, k, **kw)[0]]
 
 
-@pytest.fixture
-def library(tmp_path: Path) -> tuple[Path, list[str]]:
-    """A home and three stand-in videos (keys 0, 1, 2) in tmp/videos."""
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def library(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+    """A home and three stand-in videos (keys 0, 1, 2) in tmp/videos; the catalog in SQLite or PostgreSQL."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    monkeypatch.setattr(sys.modules[__name__], "_DB_URL", url)
+    if url is not None:
+        monkeypatch.setenv("VTR_TEST_DB_URL", url)
     paths = [make_file(tmp_path / "videos" / f"v{i}.mp4") for i in range(3)]
     return tmp_path / "home", paths
 
@@ -171,7 +180,8 @@ def test_failures_and_status(library, tmp_path: Path) -> None:
         assert all(h.video_path != paths[1] for h in store.search(vecs(1, 2), 10)[0])
         store.flush()
         st = store.status()
-        assert st.db_bytes > 0 and st.faiss_bytes > 0 and st.schema_version >= 2
+        assert st.faiss_bytes > 0 and st.schema_version >= 2
+        assert st.db_bytes > 0 if _DB_URL is None else st.db_bytes is None  # a server's size is not ours to tell
         assert store.remove_video(paths[0]) and not store.remove_video(paths[0])
         assert store.status().segments == store.ntotal == 2
 
@@ -301,7 +311,7 @@ def test_faiss_file_rebuilt_from_catalog(library, damage: str, caplog: pytest.Lo
     elif damage == "garbage":
         faiss_path.write_bytes(os.urandom(len(data)))
     else:  # a crash between writing the file and recording its checksum
-        with Catalog.open(home) as cat, cat.write() as s:
+        with Catalog.open(home, _DB_URL) as cat, cat.write() as s:
             s.execute(sa.text("UPDATE indexes SET faiss_checksum = NULL"))
     with caplog.at_level(logging.WARNING, logger="vtr.index.store"), open_store(home) as store:
         assert store.last_check.rebuilt and store.ntotal == 6
@@ -320,7 +330,7 @@ def test_stale_faiss_vectors_are_never_returned(library) -> None:
     store = filled(home, paths)
     store.flush()
     abandon(store)
-    with Catalog.open(home) as cat, cat.write() as s:
+    with Catalog.open(home, _DB_URL) as cat, cat.write() as s:
         video_id = s.scalar(sa.select(Video.id).where(Video.path == paths[2]))
         s.execute(
             sa.delete(Embedding).where(
@@ -361,10 +371,10 @@ def test_commit_without_flush_is_recovered(library) -> None:
         assert all(p != paths[0] for p, _, _ in top(store, vecs(0, 1)[0], 5))
     # killed before the first flush ever: no FAISS file at all
     home2 = home.parent / "home2"
-    store = open_store(home2)
+    store = open_store(home2, name="fresh")  # (another name too: on PostgreSQL both homes share one catalog)
     add(store, paths[2], 2)
     abandon(store)
-    with open_store(home2) as store:
+    with open_store(home2, name="fresh") as store:
         assert store.last_check.rebuilt and top(store, vecs(2, 1)[0], 1) == [(paths[2], 0.0, 2.0)]
 
 
@@ -529,16 +539,16 @@ def test_non_utf8_video_path(tmp_path: Path) -> None:
 
 def test_list_and_remove_indexes(library) -> None:
     home, paths = library
-    assert list_indexes(home) == []
+    assert list_indexes(home, db_url=_DB_URL) == []
     filled(home, paths).close()
     with open_store(home, name="small", model_name="m2", dim=8) as other:
         other.add_video(info(paths[0]), [(0.0, 3.0)], normalize(np.ones((1, 8))))
-    names = [(i.name, i.model_name, i.videos, i.vector_count) for i in list_indexes(home)]
+    names = [(i.name, i.model_name, i.videos, i.vector_count) for i in list_indexes(home, db_url=_DB_URL)]
     assert names == [("default", MODEL, 3, 6), ("small", "m2", 1, 1)]
     with pytest.raises(ConfigError, match="invalid index name"):
         open_store(home, name="../evil")
-    assert remove_index(home, "small") and not remove_index(home, "small")
-    assert [i.name for i in list_indexes(home)] == ["default"]
+    assert remove_index(home, "small", db_url=_DB_URL) and not remove_index(home, "small", db_url=_DB_URL)
+    assert [i.name for i in list_indexes(home, db_url=_DB_URL)] == ["default"]
     assert not (home / "indexes" / "small.faiss").exists()
     with open_store(home) as store:
         assert store.ntotal == 6  # the other index's removal left this one alone

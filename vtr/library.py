@@ -86,6 +86,7 @@ class Library:
         self._tower = None  # the cached text tower (CPU searches without the full model), see vtr.model.text_tower
         self._reader = None  # the read-only store: opened on first use, kept until close()
         self._model_checked = False
+        self._ondisk_index = None  # an out-of-core IVF index built by build_ondisk (vtr.index.ondisk), opened once
 
     def __enter__(self) -> Library:
         return self
@@ -227,6 +228,8 @@ class Library:
         max_windows: int | None = None,
         yes: bool = False,
         wait_s: float = 0.0,
+        engine: str = "local",
+        ray_options: Any = None,
     ) -> IndexReport:
         """Index the videos under ``paths`` (incremental: unchanged files are skipped; resumable after a crash).
 
@@ -240,9 +243,16 @@ class Library:
         disk (refused below a missing or unreadable root, and for most of an index unless ``yes``). ``wait_s``:
         how long to wait for another writer of this index. The model is loaded only when there is something to
         encode. ``workers``: decode processes; None picks them and torch's threads from the core count
-        (:mod:`vtr.threads`).
+        (:mod:`vtr.threads`). ``engine="ray"`` decodes and encodes on a Ray cluster (:mod:`vtr.engines.ray_engine`,
+        ``ray_options``: its :class:`~vtr.engines.ray_engine.RayOptions`); the plan and the catalog writes are the
+        same.
         """
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"unknown engine {engine!r}: use local or ray")
+        if engine == "ray":
+            from vtr.engines.ray_engine import require_ray
 
+            require_ray()  # before any work: the fix is an install
         from vtr.data.clips import ClipDataset, ClipRequest, clip_loader
         from vtr.index.store import VideoEntry
 
@@ -274,6 +284,19 @@ class Library:
             if not todo:
                 store.flush()
                 report.wall_s = round(time.perf_counter() - t0, 3)
+                return report
+            if engine == "ray":
+                from vtr.engines.ray_engine import RayOptions, index_with_ray
+
+                opts = ray_options or RayOptions()
+                try:
+                    index_with_ray(self, store, todo, report, frames=frames, policy=policy, batch_size=batch_size,
+                                   flush_every=flush_every, flush_interval_s=flush_interval_s, on_video=on_video,
+                                   opts=opts, progress=progress)
+                finally:
+                    store.flush()
+                report.wall_s = round(time.perf_counter() - t0, 3)
+                report.videos_per_s = round(report.indexed / report.wall_s, 3) if report.wall_s else 0.0
                 return report
             model = self.model
             clips = ClipDataset([ClipRequest(p.path, content_hash=p.content_hash) for p in todo], frames,
@@ -429,12 +452,21 @@ class Library:
         return self._search_vectors(query_vectors(m), k, all_windows)[0]
 
     def _search_vectors(self, q: np.ndarray, k: int, all_windows: bool = False) -> list[list[SearchHit]]:
-        """The ``k`` best hits per query; collapsed (unless ``all_windows``), asking FAISS for more windows
-        until ``k`` distinct moments are found or the index is exhausted."""
-        store = self._store()
+        """The ``k`` best hits per query; collapsed (unless ``all_windows``), asking for more windows until ``k``
+        distinct moments are found or the index is exhausted. An on-disk index (`vtr index ondisk`) answers when
+        one was built; else the store's FAISS index."""
+        store, ondisk = self._store(), self._ondisk()
+
+        def windows(kk: int):
+            if ondisk is not None:  # memory-mapped inverted lists
+                from vtr.index.ondisk import search_with_catalog
+
+                return search_with_catalog(store, ondisk, q, kk)
+            return store.search(q, kk, nprobe=self.nprobe)
+
         kk = k if all_windows else 4 * k
         while True:
-            rows = store.search(q, kk, nprobe=self.nprobe)
+            rows = windows(kk)
             hits = [[SearchHit(r + 1, h.score, h.video_path, h.start_s, h.end_s) for r, h in enumerate(row)]
                     for row in rows]
             if all_windows:
@@ -475,10 +507,46 @@ class Library:
 
     # ------------------------------------------------------------------ management
 
+    def _ondisk(self):
+        """The on-disk IVF index of this library (None when none was built), opened once."""
+        if self._ondisk_index is None:
+            from vtr.index.ondisk import OnDiskIndex, ondisk_path
+
+            store = self._store()
+            folder = ondisk_path(store.home, store.name)
+            if not folder.exists():
+                return None
+            self._ondisk_index = OnDiskIndex(folder)
+            store.catch_up()
+            generation = store._generation
+            if self._ondisk_index.info.generation != generation:
+                log.warning("the on-disk index of %r was built from an older catalog state (generation %s, now %s): "
+                            "removed videos are skipped, new ones are missing until `vtr index ondisk` rebuilds it",
+                            store.name, self._ondisk_index.info.generation, generation)
+        if self.nprobe:
+            self._ondisk_index.nprobe = self.nprobe
+        return self._ondisk_index
+
+    def build_ondisk(self, factory: str, train_size: int | None = None, shard_size: int | None = None) -> dict:
+        """Build the out-of-core IVF index of this library from its catalog (:mod:`vtr.index.ondisk`)."""
+        from vtr.index.ondisk import DEFAULT_SHARD_SIZE, DEFAULT_TRAIN_SIZE, build_ondisk_from_catalog
+
+        info = build_ondisk_from_catalog(self._store(), factory, train_size=train_size or DEFAULT_TRAIN_SIZE,
+                                         shard_size=shard_size or DEFAULT_SHARD_SIZE)
+        self._ondisk_index = None
+        return asdict(info)
+
     def status(self) -> dict[str, Any]:
         store = self._store()
         store.catch_up()
-        return asdict(store.status())
+        status = asdict(store.status())
+        # RAM of the in-memory FAISS index: about the size of its file (FAISS serialises its arrays as they are)
+        status["faiss_ram_bytes"] = status["faiss_bytes"]
+        ondisk = self._ondisk()
+        if ondisk is not None:
+            status["ondisk"] = {**asdict(ondisk.info), **ondisk.footprint(), "nprobe": ondisk.nprobe,
+                                "current": ondisk.info.generation == store._generation}
+        return status
 
 
 def list_libraries(home=None, db_url: str | None = None) -> list[dict[str, Any]]:
