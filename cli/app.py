@@ -288,7 +288,7 @@ def index_cmd(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Index videos (`vtr index PATH...`), or manage indexes: `vtr index status|list|remove|repair|ondisk [--index NAME]`.
+    """Index videos (`vtr index PATH...`), or manage them: `vtr index status|list|remove|repair|ondisk [--index NAME]`.
 
     Incremental (unchanged files are skipped) and crash-safe (re-run to resume); bad files are recorded with
     their reason and skipped. `--prune` refuses a folder that is missing or unreadable (an unplugged drive).

@@ -9,6 +9,7 @@ it cannot be loaded. Its embeddings are the full model's (tested to 1e-5).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -98,11 +99,17 @@ def save_text_tower(model: torch.nn.Module, path: Path, max_len: int) -> None:
         with warnings.catch_warnings():  # masked-attention branch is the one traced (valid for full rows too)
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(_TextEmbed(model).eval(), (ids, mask), check_trace=False)
+        # Serialised in memory, written with Python's file I/O: torch's own file writer aborts the whole process
+        # when the disk fills (a C++ exception), where an OSError here is just a skipped cache.
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(traced, buf)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tower.", dir=path.parent)
-        os.close(fd)
         try:
-            traced.save(tmp)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(buf.getbuffer())
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
