@@ -859,6 +859,11 @@ class LibraryStore:
         )
 
     @property
+    def generation(self) -> int:
+        """The catalog generation the in-memory FAISS index reflects (what the last search or catch-up saw)."""
+        return self._generation
+
+    @property
     def ntotal(self) -> int:
         """Vectors in the in-memory FAISS index."""
         return self._index.ntotal

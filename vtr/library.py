@@ -56,6 +56,9 @@ class SearchHit:
     start_s: float
     end_s: float
     dual_score: float | None = None
+    vector_id: int | None = None  # the segment's vector in the index (catalog ``segments.vector_id``)
+    model: str | None = None  # the model the index was built with
+    generation: int | None = None  # the index generation the search saw
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -297,9 +300,15 @@ class Library:
         m = torch.nn.functional.normalize(self._encode_clips(clip[None]).float(), dim=-1).mean(1)
         return self._search_vectors(query_vectors(m), k)[0]
 
+    def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[SearchHit]]:
+        """Search with ready query vectors (:func:`~vtr.index.vectors.query_vectors` format, [Q, width])."""
+        return self._search_vectors(queries, k)
+
     def _search_vectors(self, q: np.ndarray, k: int) -> list[list[SearchHit]]:
-        hits = self._store().search(q, k, nprobe=self.nprobe)
-        return [[SearchHit(r + 1, h.score, h.video_path, h.start_s, h.end_s) for r, h in enumerate(row)]
+        store = self._store()
+        hits = store.search(q, k, nprobe=self.nprobe)
+        return [[SearchHit(r + 1, h.score, h.video_path, h.start_s, h.end_s, vector_id=h.vector_id,
+                           model=store.model_name, generation=store.generation) for r, h in enumerate(row)]
                 for row in hits]
 
     @torch.no_grad()
@@ -320,13 +329,19 @@ class Library:
             video = eval_transform(clip.frames, model.cfg.img_size)[None].to(self.device, dtype)
             tokens = model.encode_video(video).tokens
             logit = model.itm_logits(tokens, states, tok["attention_mask"])[0, 1].float().item()
-            scored.append(SearchHit(0, logit, hit.path, hit.start_s, hit.end_s, dual_score=hit.score))
+            scored.append(SearchHit(0, logit, hit.path, hit.start_s, hit.end_s, dual_score=hit.score,
+                                    vector_id=hit.vector_id, model=hit.model, generation=hit.generation))
         scored.sort(key=lambda h: -h.score)
         for r, h in enumerate(scored):
             h.rank = r + 1
         return scored
 
     # ------------------------------------------------------------------ management
+
+    @property
+    def store(self):
+        """The read-only :class:`~vtr.index.store.LibraryStore` (opened on first use, kept until close())."""
+        return self._store()
 
     def status(self) -> dict[str, Any]:
         store = self._store()
