@@ -17,7 +17,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import vtr
 from vtr.errors import VideoDecodeError, VtrError
@@ -40,13 +39,23 @@ def _static_dir():
     return resources.files("vtr.serve") / "static"
 
 
+def _host_name(header: str) -> str:
+    """The name part of a Host header (``[::1]:8765`` -> ``[::1]``, ``localhost:8765`` -> ``localhost``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 def create_app(backend: Backend, *, token: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
-    """The app over ``backend``; with ``token``, every request but ``/login`` must carry it."""
+    """The app over ``backend``; with ``token``, every request but ``/login`` must carry it; with
+    ``allowed_hosts`` (no ``"*"``), requests naming another Host are refused (DNS rebinding)."""
     app = FastAPI(title="vtr", version=vtr.__version__, summary="Search your videos with language.",
                   description="Read-only API of `vtr serve`: text search, more-like-this, status, video metadata, "
                   "thumbnails and the videos themselves (HTTP range requests). With `--token`, send "
                   "`Authorization: Bearer TOKEN` or open `/login?token=TOKEN` once.")
     thumbs = ThumbnailCache(backend.home)
+    hosts = None if allowed_hosts is None or "*" in allowed_hosts else {h.lower() for h in allowed_hosts}
     static = _static_dir()
 
     # ------------------------------------------------------------------ errors: JSON with a status code
@@ -93,6 +102,8 @@ def create_app(backend: Backend, *, token: str | None = None, allowed_hosts: lis
 
     @app.middleware("http")
     async def _guard(request: Request, call_next):
+        if hosts is not None and _host_name(request.headers.get("host", "")) not in hosts:
+            return error(400, "unexpected Host header (this server answers to its loopback names only)")
         if request.method not in ("GET", "HEAD"):
             return error(405, "this server is read-only: GET only")
         size = request.headers.get("content-length")
@@ -104,9 +115,6 @@ def create_app(backend: Backend, *, token: str | None = None, allowed_hosts: lis
                                            "/login?token=TOKEN"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
-
-    if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
     # ------------------------------------------------------------------ the page
 

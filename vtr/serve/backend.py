@@ -86,9 +86,9 @@ class Backend:
     # ------------------------------------------------------------------ searches
 
     def search(self, q: str, k: int, rerank: bool, nprobe: int | None) -> list[dict[str, Any]]:
-        self._store()
+        store = self._store()
         with self._lock:
-            self.library.nprobe = nprobe
+            store.nprobe = nprobe  # this request's (None: the index's default), not the previous request's
             hits = self.library.search(q, k=k, rerank=rerank)[0]
         return self.records(hits)
 

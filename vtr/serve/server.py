@@ -43,7 +43,7 @@ def warm_up(backend) -> None:
     if not st["ready"]:
         print(f"vtr serve: {st['message']}", file=sys.stderr)
         return
-    backend.library.encode_text(["warm up"])
+    backend.search("warm up", k=1, rerank=False, nprobe=None)  # loads the index's model, runs one search
 
 
 def run_server(home: str | os.PathLike | None = None, index: str = "default", model: str | None = None,

@@ -52,7 +52,7 @@ async function refreshStatus() {
   } else {
     const failed = st.videos.failed || 0;
     els.status.textContent = `index “${st.index}”: ${indexed} videos, ${st.segments} segments` +
-      (failed ? `, ${failed} failed` : "") + ` · model ${st.model_name} · generation ${st.generation}`;
+      (failed ? `, ${failed} failed` : "") + ` · model ${String(st.model_name).split("/").pop()} · generation ${st.generation}`;
     els.failures.hidden = !st.failures.length;
     els.failureList.replaceChildren(...st.failures.map((f) =>
       node("li", { textContent: `${f.path}: ${f.reason}` })));
