@@ -52,6 +52,10 @@ def queries(n: int, seed: int = 0) -> list[str]:
 def make_model(name: str, out: Path) -> Path:
     import torch
 
+    from vtr.model.registry import is_model_dir
+    if is_model_dir(out / f"model-{name}"):
+        return out / f"model-{name}"
+
     import vtr
     from vtr.model.registry import save_model_dir
     from vtr.model.retrieval import build_model, config_for
@@ -86,7 +90,8 @@ def build_library(home: Path, index: str, model_dir: Path, clips: list[Path], n_
     sha = read_meta(model_dir)["weights_sha256"]
     with LibraryStore.open(home, index, model_name=str(model_dir), weights_sha256=sha, embed_dim=dim,
                            factory="Flat") as store:
-        for start in range(0, n_videos, 500):
+        done = store.ntotal // per_video  # a library left by an earlier run with the same --work is reused
+        for start in range(done, n_videos, 500):
             entries = []
             for i in range(start, min(n_videos, start + 500)):
                 c = i % len(clips)
@@ -110,8 +115,10 @@ def build_library(home: Path, index: str, model_dir: Path, clips: list[Path], n_
 class Server:
     """`vtr serve` in a subprocess on a loopback port."""
 
-    def __init__(self, home: Path, index: str, port: int) -> None:
+    def __init__(self, home: Path, index: str, port: int, threads: int | None = None) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)  # torch's and faiss's thread pools
         env.pop("VTR_TOKEN", None)
         cmd = [sys.executable, "-m", "vtr.cli.app", "serve", "--home", str(home), "--index", index, "--port",
                str(port), "--device", "cpu"]
@@ -210,6 +217,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default="serve_latency_cpu")
+    ap.add_argument("--server-threads", type=int, default=None, help="OMP_NUM_THREADS of the server (default: all)")
     args = ap.parse_args()
 
     import torch
@@ -226,7 +234,7 @@ def main() -> None:
         model_dir = make_model(name, work)
         home = work / f"home-{name}"
         built = build_library(home, "bench", model_dir, clips, args.vectors, args.per_video)
-        server = Server(home, "bench", args.port)
+        server = Server(home, "bench", args.port, args.server_threads)
         try:
             startup = server.wait_ready()
             run_level(server.url, 1, 10, texts[::-1], args.k)  # warm-up
@@ -246,11 +254,12 @@ def main() -> None:
                      "results_page_20": page})
         print(f"[{name}] one client p50 {levels[0]['p50_ms']} ms p99 {base} ms; "
               f"{rows[-1]['serves_before_p99_doubles']} clients before p99 doubles; page {page}", file=sys.stderr)
-    path = write_result(args.out, args.name, {
-        "benchmark": "serve_latency", "vectors": args.vectors, "k": args.k, "factory": "Flat",
-        "torch_threads": torch.get_num_threads(), "loadavg_end": os.getloadavg(),
-        "note": "shared 2-core CPU: other jobs ran at the same time (see loadavg per level)", "rows": rows})
-    print(path)
+        path = write_result(args.out, args.name, {  # after each model: a later failure keeps what was measured
+            "benchmark": "serve_latency", "vectors": args.vectors, "k": args.k, "factory": "Flat",
+            "requests_per_level": args.requests, "server_threads": args.server_threads or torch.get_num_threads(),
+            "loadavg_end": os.getloadavg(), "rows": rows,
+            "note": "shared 2-core CPU: other jobs ran at the same time (see loadavg per level)"})
+        print(path)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ DEFAULT_PORT = 8765
 
 
 def serve_hint(home: str | os.PathLike | None, index: str = "default") -> str:
-    """The ``vtr serve`` command line that opens the page over ``index`` of the data home ``home``."""
+    """The ``vtr serve`` command line (shell-quoted) that serves ``index`` of the data home ``home`` on
+    ``http://127.0.0.1:8765/`` (e.g. ``vtr serve --home /data/vtr --index demo``)."""
     parts = ["vtr", "serve"]
     if home is not None:
         parts += ["--home", os.fspath(home)]
     if index != "default":
         parts += ["--index", index]
-    return shlex.join(parts) + f"   # then open http://{DEFAULT_HOST}:{DEFAULT_PORT}/"
+    return shlex.join(parts)

@@ -6,6 +6,7 @@ JSON ``{"detail": ...}`` with a status code, never a traceback. OpenAPI docs at 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mimetypes
 import time
@@ -50,7 +51,12 @@ def _host_name(header: str) -> str:
 def create_app(backend: Backend, *, token: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The app over ``backend``; with ``token``, every request but ``/login`` must carry it; with
     ``allowed_hosts`` (no ``"*"``), requests naming another Host are refused (DNS rebinding)."""
-    app = FastAPI(title="vtr", version=vtr.__version__, summary="Search your videos with language.",
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        backend.library.close()  # release the read-only store when the server stops
+
+    app = FastAPI(title="vtr", lifespan=lifespan, version=vtr.__version__, summary="Search your videos with language.",
                   description="Read-only API of `vtr serve`: text search, more-like-this, status, video metadata, "
                   "thumbnails and the videos themselves (HTTP range requests). With `--token`, send "
                   "`Authorization: Bearer TOKEN` or open `/login?token=TOKEN` once.")

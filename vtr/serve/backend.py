@@ -62,6 +62,21 @@ def _video_row(v: Video) -> VideoRow:
                     v.width, v.height, v.status, v.error)
 
 
+MAX_BATCH = 32  # text queries answered together at most
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A text query waiting for its batch."""
+
+    q: str
+    k: int
+    nprobe: int | None
+    hits: list[SearchHit] | None = None
+    error: Exception | None = None
+    done: bool = False
+
+
 class Backend:
     """Searches, status and catalog look-ups of one library, serialised where the store needs it."""
 
@@ -70,6 +85,9 @@ class Backend:
         self.home = home
         self.index = index
         self._lock = threading.RLock()
+        self._queue_cv = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._batch_running = False
 
     def index_hint(self) -> str:
         return f"vtr index VIDEO_FOLDER --home {os.fspath(self.home)}" + (
@@ -86,11 +104,48 @@ class Backend:
     # ------------------------------------------------------------------ searches
 
     def search(self, q: str, k: int, rerank: bool, nprobe: int | None) -> list[dict[str, Any]]:
+        """Text search. Queries that arrive while another search runs are answered together in one batch
+        (one text-encoder call, one FAISS call), which is what lets concurrent clients share the CPU."""
         store = self._store()
-        with self._lock:
-            store.nprobe = nprobe  # this request's (None: the index's default), not the previous request's
-            hits = self.library.search(q, k=k, rerank=rerank)[0]
-        return self.records(hits)
+        if rerank:
+            with self._lock:
+                store.nprobe = nprobe
+                return self.records(self.library.search(q, k=k, rerank=True)[0])
+        item = _Pending(q, k, nprobe)
+        with self._queue_cv:
+            self._queue.append(item)
+        while True:
+            with self._queue_cv:
+                if item.done:
+                    break
+                if self._batch_running:
+                    self._queue_cv.wait()
+                    continue
+                self._batch_running = True
+                batch = [x for x in self._queue if x.nprobe == item.nprobe][:MAX_BATCH]
+                self._queue = [x for x in self._queue if x not in batch]
+            try:
+                self._run_batch(store, batch)
+            finally:
+                with self._queue_cv:
+                    self._batch_running = False
+                    self._queue_cv.notify_all()
+        if item.error is not None:
+            raise item.error
+        return self.records(item.hits)
+
+    def _run_batch(self, store, batch: list[_Pending]) -> None:
+        try:
+            with self._lock:
+                store.nprobe = batch[0].nprobe  # this batch's (None: the index's default), not the last request's
+                results = self.library.search([x.q for x in batch], k=max(x.k for x in batch))
+            for x, hits in zip(batch, results, strict=True):
+                x.hits = hits[:x.k]
+        except Exception as e:  # every request of the batch gets the error
+            for x in batch:
+                x.error = e
+        for x in batch:
+            x.done = True
 
     def similar_to_segment(self, segment_id: int, k: int) -> list[dict[str, Any]]:
         seg = self.segment(segment_id)
