@@ -31,7 +31,10 @@ MAX_K = 100
 MAX_QUERY_CHARS = 500
 MAX_NPROBE = 65536
 MAX_BODY_BYTES = 16 * 1024  # every endpoint is a GET: a request with a larger body is refused
-OPEN_PATHS = ("/login",)  # reachable without the token (it is where the token is given)
+OPEN_PATHS = ("/login",)
+# The page loads only its own script, style, thumbnails and videos (no inline code, no other origin).
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; media-src 'self'; "
+            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")  # reachable without the token (it is where the token is given)
 
 Id = Annotated[int, "catalog id"]
 
@@ -128,7 +131,8 @@ def create_app(backend: Backend, *, token: str | None = None, allowed_hosts: lis
     def page() -> HTMLResponse:
         return HTMLResponse((static / "index.html").read_text(encoding="utf-8"),
                             headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-                                     "Referrer-Policy": "no-referrer"})
+                                     "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+                                     "Content-Security-Policy": PAGE_CSP})
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 

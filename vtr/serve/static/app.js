@@ -190,7 +190,11 @@ els.form.addEventListener("submit", (ev) => { ev.preventDefault(); runSearch(); 
 const initial = new URLSearchParams(location.search);
 if (initial.get("q")) {
   els.q.value = initial.get("q");
-  if (initial.get("k")) els.k.value = initial.get("k");
+  const k = initial.get("k");
+  if (k && /^[0-9]+$/.test(k)) {
+    if (![...els.k.options].some((o) => o.value === k)) els.k.append(new Option(k, k));
+    els.k.value = k;
+  }
   els.rerank.checked = initial.get("rerank") === "true";
 }
 refreshStatus().then(() => { if (els.q.value.trim()) runSearch(false); });
