@@ -31,10 +31,10 @@ MAX_K = 100
 MAX_QUERY_CHARS = 500
 MAX_NPROBE = 65536
 MAX_BODY_BYTES = 16 * 1024  # every endpoint is a GET: a request with a larger body is refused
-OPEN_PATHS = ("/login",)
+OPEN_PATHS = ("/login",)  # reachable without the token (it is where the token is given)
 # The page loads only its own script, style, thumbnails and videos (no inline code, no other origin).
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; media-src 'self'; "
-            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")  # reachable without the token (it is where the token is given)
+            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 Id = Annotated[int, "catalog id"]
 
