@@ -13,7 +13,7 @@ $(VENV)/bin/python:
 
 # Re-installs when the dependency list changes.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(VENV)/bin/python
-	$(PIP) install -q -c constraints.txt -e ".[dev,distill]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,distill,serve]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,7 +22,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 test: install lint
-	$(VENV)/bin/pytest -q -m "not gpu and not slow and not postgres and not ray" --timeout 600
+	$(VENV)/bin/pytest -q -m "not gpu and not slow and not postgres and not ray and not browser" --timeout 600
 
 demo: install
 	$(VENV)/bin/vtr demo --out demo_out

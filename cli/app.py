@@ -459,6 +459,24 @@ def search(
         out.print(table)
 
 
+@app.command()
+def serve(
+    index: IndexOption = "default",
+    model: ModelOption = None,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8765,
+    token: Annotated[str | None, typer.Option(envvar="VTR_TOKEN", help="Secret clients must send (bearer "
+                                              "header, or open /login?token=... once).")] = None,
+    device: DeviceOption = "auto",
+    db: DbOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Serve a web page and a JSON API to search an index and play the hits: `vtr serve` (needs vtr[serve])."""
+    from vtr.serve.server import run_server
+
+    run_server(home=home, index=index, model=model, host=host, port=port, token=token, device=device, db_url=db)
+
+
 models_app = typer.Typer(help="Import, list and choose retrieval models (official checkpoints, trained models).",
                           no_args_is_help=True)
 app.add_typer(models_app, name="models")

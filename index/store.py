@@ -915,6 +915,20 @@ class LibraryStore:
         )
 
     @property
+    def generation(self) -> int:
+        """The catalog generation the in-memory FAISS index reflects (what the last search or catch-up saw)."""
+        return self._generation
+
+    @property
+    def nprobe(self) -> int | None:
+        """IVF lists visited per query (None: the default); a search's ``nprobe`` argument sets it too."""
+        return self._index.nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int | None) -> None:
+        self._index.nprobe = value
+
+    @property
     def ntotal(self) -> int:
         """Vectors in the in-memory FAISS index."""
         return self._index.ntotal

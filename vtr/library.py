@@ -64,6 +64,9 @@ class SearchHit:
     dual_score: float | None = None  # with re-ranking: the dual-encoder cosine the hit was found with
     score_kind: str = "cosine"  # "cosine" (dual encoder) or "itm_logit" (re-ranked)
     windows: int = 1  # indexed windows of this video this hit stands for (neighbours collapsed into the best)
+    vector_id: int | None = None  # the segment's vector in the index (catalog ``segments.vector_id``)
+    model: str | None = None  # the model the index was built with
+    generation: int | None = None  # the index generation the search saw
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -451,6 +454,10 @@ class Library:
         m = torch.nn.functional.normalize(self._encode_clips(clip[None]).float(), dim=-1).mean(1)
         return self._search_vectors(query_vectors(m), k, all_windows)[0]
 
+    def search_vectors(self, queries: np.ndarray, k: int = 10, all_windows: bool = False) -> list[list[SearchHit]]:
+        """Search with ready query vectors (:func:`~vtr.index.vectors.query_vectors` format, [Q, width])."""
+        return self._search_vectors(queries, k, all_windows)
+
     def _search_vectors(self, q: np.ndarray, k: int, all_windows: bool = False) -> list[list[SearchHit]]:
         """The ``k`` best hits per query; collapsed (unless ``all_windows``), asking for more windows until ``k``
         distinct moments are found or the index is exhausted. An on-disk index (`vtr index ondisk`) answers when
@@ -467,7 +474,8 @@ class Library:
         kk = k if all_windows else 4 * k
         while True:
             rows = windows(kk)
-            hits = [[SearchHit(r + 1, h.score, h.video_path, h.start_s, h.end_s) for r, h in enumerate(row)]
+            hits = [[SearchHit(r + 1, h.score, h.video_path, h.start_s, h.end_s, vector_id=h.vector_id,
+                               model=store.model_name, generation=store.generation) for r, h in enumerate(row)]
                     for row in rows]
             if all_windows:
                 return hits
@@ -499,7 +507,8 @@ class Library:
             tokens = model.encode_video(video).tokens
             logit = model.itm_logits(tokens, states, tok["attention_mask"])[0, 1].float().item()
             scored.append(SearchHit(0, logit, hit.path, hit.start_s, hit.end_s, dual_score=hit.score,
-                                    score_kind="itm_logit", windows=hit.windows))
+                                    score_kind="itm_logit", windows=hit.windows, vector_id=hit.vector_id,
+                                    model=hit.model, generation=hit.generation))
         scored.sort(key=lambda h: -h.score)
         for r, h in enumerate(scored):
             h.rank = r + 1
@@ -535,6 +544,10 @@ class Library:
                                          shard_size=shard_size or DEFAULT_SHARD_SIZE)
         self._ondisk_index = None
         return asdict(info)
+    @property
+    def store(self):
+        """The read-only :class:`~vtr.index.store.LibraryStore` (opened on first use, kept until close())."""
+        return self._store()
 
     def status(self) -> dict[str, Any]:
         store = self._store()

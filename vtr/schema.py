@@ -44,7 +44,8 @@ def hit_dict(hit: Any) -> dict[str, Any]:
     return {"rank": int(hit.rank), "score": float(hit.score), "score_kind": hit.score_kind, "path": hit.path,
             "start_s": float(hit.start_s), "end_s": float(hit.end_s),
             "dual_score": None if hit.dual_score is None else float(hit.dual_score),
-            "windows": int(getattr(hit, "windows", 1))}
+            "windows": int(getattr(hit, "windows", 1)), "vector_id": getattr(hit, "vector_id", None),
+            "model": getattr(hit, "model", None), "generation": getattr(hit, "generation", None)}
 
 
 def search_document(queries: Sequence[str], results: Sequence[Sequence[Any]], *, index: str,
@@ -98,6 +99,9 @@ _HIT = {
         "end_s": {"type": "number"},
         "dual_score": {"type": ["number", "null"]},
         "windows": {"type": "integer", "minimum": 1},  # indexed windows this hit stands for (collapsed)
+        "vector_id": {"type": ["integer", "null"]},  # the segment's vector in the index
+        "model": {"type": ["string", "null"]},  # the model the index was built with
+        "generation": {"type": ["integer", "null"]},  # the index generation the search saw
     },
 }
 _COUNT = {"type": "integer", "minimum": 0}
