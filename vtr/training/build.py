@@ -22,8 +22,8 @@ from vtr.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_distill_teacher", "build_retrieval_model", "build_teacher", "retrieval_config",
-           "vision_pretrained"]
+__all__ = ["build_distill_teacher", "build_retrieval_model", "build_teacher", "load_vision_weights",
+           "retrieval_config", "vision_pretrained"]
 
 
 def _uses_teacher(cfg: TrainConfig) -> bool:
@@ -70,7 +70,7 @@ def retrieval_config(cfg: TrainConfig) -> RetrievalConfig:
                       frame_independent=m.frame_independent)
 
 
-def _load_vision(model: RetrievalModel, path: str) -> None:
+def load_vision_weights(model: RetrievalModel, path: str):
     """Load a stage-1 vision checkpoint; its ``clip_decoder`` is dropped when it was trained for another width."""
     from vtr.encoders.checkpoint import load_video_encoder, read_checkpoint, vision_state_dict
 
@@ -82,6 +82,7 @@ def _load_vision(model: RetrievalModel, path: str) -> None:
     report = load_video_encoder(model.vision_encoder, sd)
     log.info("vision weights from %s: %s%s", path, report.summary(),
              " (clip_decoder of another teacher width left at init)" if dropped else "")
+    return report
 
 
 def build_retrieval_model(cfg: TrainConfig) -> RetrievalModel:
@@ -91,7 +92,7 @@ def build_retrieval_model(cfg: TrainConfig) -> RetrievalModel:
     model = build_model(retrieval_config(cfg), text_pretrained=text_weights)
     vision_path = vision_pretrained(cfg)
     if vision_path is not None:
-        _load_vision(model, vision_path)
+        load_vision_weights(model, vision_path)
     if m.pretrained is not None:
         from vtr.model.registry import load_model_dir, load_official_weights, resolve_model_path
 

@@ -132,7 +132,12 @@ class DifferentLR:
 
 @dataclass
 class OptimConfig:
-    """AdamW with the official weight-decay rule (see :func:`vtr.training.module.official_param_groups`)."""
+    """AdamW with the official weight-decay rule (see :func:`vtr.training.optim.official_param_groups`).
+
+    ``lr_batch`` > 0: ``lr`` (and ``different_lr.lr``) are given for a total batch of ``lr_batch`` samples and
+    scaled linearly to the run's (``batch_size`` x devices x nodes x ``accumulate_grad_batches``), as the official
+    stage 1 does (1.5e-4 per 256); 0: used as given.
+    """
 
     lr: float = 1e-4
     weight_decay: float = 0.05
@@ -140,6 +145,7 @@ class OptimConfig:
     eps: float = 1e-8
     max_grad_norm: float = -1.0  # <= 0: no clipping (official)
     different_lr: DifferentLR = field(default_factory=DifferentLR)
+    lr_batch: int = 0
 
 
 @dataclass
@@ -355,6 +361,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(all(0.0 <= b < 1.0 for b in o.betas), f"optim.betas must be in [0, 1), got {list(o.betas)}")
     _check(o.eps > 0, f"optim.eps must be > 0, got {o.eps}")
+    _check(o.lr_batch >= 0, f"optim.lr_batch must be >= 0 (0: lr used as given), got {o.lr_batch}")
     _check(o.different_lr.lr > 0, f"optim.different_lr.lr must be > 0, got {o.different_lr.lr}")
     for pattern in o.different_lr.module_names:
         try:

@@ -117,15 +117,29 @@ class RetrievalLitModule(L.LightningModule):
     def configure_optimizers(self):
         o, s = self.cfg.optim, self.cfg.schedule
         diff = o.different_lr
+        scale = self.lr_scale()
         groups = official_param_groups(self._trained_parameters(), o.weight_decay, self._decay_by_name,
                                        different_lr_names=diff.module_names if diff.enable else (),
-                                       different_lr=diff.lr if diff.enable else None)
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+                                       different_lr=diff.lr * scale if diff.enable else None)
+        optimizer = torch.optim.AdamW(groups, lr=o.lr * scale, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         steps_per_epoch = self._steps_per_epoch()
         total = s.max_steps if s.max_steps > 0 else s.epochs * steps_per_epoch
         schedule = CosineWarmup(s.warmup_epochs * steps_per_epoch, total, s.min_lr_multi)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def lr_scale(self) -> float:
+        """``total batch / optim.lr_batch`` when ``optim.lr_batch`` > 0 (linear scaling), else 1."""
+        o = self.cfg.optim
+        if o.lr_batch <= 0:
+            return 1.0
+        trainer = self._trainer
+        world = trainer.world_size if trainer is not None else 1
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        total = self.cfg.data.batch_size * world * accumulate
+        log.info("lr %.3g per %d samples -> %.3g at a total batch of %d", o.lr, o.lr_batch,
+                 o.lr * total / o.lr_batch, total)
+        return total / o.lr_batch
 
     def _trained_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """The student's parameters that the losses reach (video tower only in video-only training), plus the
