@@ -121,7 +121,8 @@ class RetrievalLitModule(L.LightningModule):
         groups = official_param_groups(self._trained_parameters(), o.weight_decay, self._decay_by_name,
                                        different_lr_names=diff.module_names if diff.enable else (),
                                        different_lr=diff.lr * scale if diff.enable else None)
-        optimizer = torch.optim.AdamW(groups, lr=o.lr * scale, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=o.lr * scale, betas=tuple(o.betas), eps=o.eps,
+                                      weight_decay=o.weight_decay)
         steps_per_epoch = self._steps_per_epoch()
         total = s.max_steps if s.max_steps > 0 else s.epochs * steps_per_epoch
         schedule = CosineWarmup(s.warmup_epochs * steps_per_epoch, total, s.min_lr_multi)
