@@ -195,7 +195,8 @@ def print_eval_report(report: dict) -> None:
 
 @app.command(context_settings={"allow_extra_args": False})
 def train(
-    config: Annotated[str, typer.Argument(help="Shipped config name (shapes_tiny, stage2_masked, stage1_masked, ...) or YAML path.")],
+    config: Annotated[str, typer.Argument(
+        help="Shipped config name (shapes_tiny, stage2_masked, stage1_masked, ...) or YAML path.")],
     overrides: Annotated[list[str] | None, typer.Argument(
         help="Dotted overrides, e.g. model.img_size=96 optim.lr=1e-4 data.world=DIR.")] = None,
     resume: Annotated[str | None, typer.Option(help="Checkpoint to resume from, or 'last' (the run's last.ckpt).")
