@@ -217,3 +217,23 @@ def test_self_distill_projection_matches_widths(world, small_dir):
     loss.backward()
     assert module.distill_proj.weight.grad is not None
     assert module.model.vision_encoder.patch_embed.proj.weight.grad is not None
+
+
+def test_stage1_masked_with_a_clip_teacher_lowers_uta_and_scales_lr(world, tmp_path):
+    """The official stage-1 config (CLIP teacher, attention masking, lr per 256 samples), shrunk: a tiny random
+    open_clip ViT teacher and a 2-layer VideoMamba-Ti student on a folder of videos."""
+    from vtr.training.run import train
+
+    teacher = "{embed_dim: 48, vision_cfg: {image_size: 32, layers: 1, width: 64, head_width: 32, patch_size: 16}}"
+    opts = [f"data.videos={world / 'videos'}", *TINY, "model.arch=videomamba_t16_minilm", "model.drop_path_rate=0",
+            f"teacher.config={teacher}", "teacher.allow_random=true", "optim.lr=1.0", "schedule.max_steps=6",
+            "schedule.warmup_epochs=0"]
+    cfg = load_config("stage1_masked", opts)
+    module = RetrievalLitModule(cfg)
+    assert module.lr_scale() == pytest.approx(4 / 256)  # lr 1.0 per 256 samples -> 0.0156 at batch 4
+    assert module.model.vision_encoder.cfg.clip_output_dim == 48
+    rec = LossRecorder()
+    summary = train("stage1_masked", opts, home=tmp_path / "home", out=tmp_path / "s1", callbacks=[rec])
+    losses = [rec.steps[s][0] for s in sorted(rec.steps)]
+    assert len(losses) == 6 and losses[-1] < losses[0], losses
+    assert Path(summary["vision_checkpoint"]).is_file()
