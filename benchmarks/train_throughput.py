@@ -28,7 +28,8 @@ from common import select_scan_variant, time_fn, write_result  # noqa: E402
 
 def bench(config: str, backend: str, batch: int, budget: float) -> dict:
     from vtr.training.config import load_config
-    from vtr.training.module import RetrievalLitModule, official_param_groups
+    from vtr.training.module import RetrievalLitModule
+    from vtr.training.optim import official_param_groups
 
     scan = select_scan_variant(backend)
     torch.manual_seed(0)

@@ -214,7 +214,8 @@ def print_eval_report(report: dict) -> None:
 
 @app.command(context_settings={"allow_extra_args": False})
 def train(
-    config: Annotated[str, typer.Argument(help="Shipped config name (shapes_tiny, stage2_masked, ...) or YAML path.")],
+    config: Annotated[str, typer.Argument(
+        help="Shipped config name (shapes_tiny, stage2_masked, stage1_masked, ...) or YAML path.")],
     overrides: Annotated[list[str] | None, typer.Argument(
         help="Dotted overrides, e.g. model.img_size=96 optim.lr=1e-4 data.world=DIR.")] = None,
     resume: Annotated[str | None, typer.Option(help="Checkpoint to resume from, or 'last' (the run's last.ckpt).")
@@ -229,7 +230,8 @@ def train(
     from vtr.training.run import train as run_training
 
     summary = run_training(config, overrides or [], resume=resume, name=name, home=home, out=out_dir)
-    if summary.get("world_size", 1) > 1 and summary.get("model_dir") is None:
+    output = summary.get("model_dir") or summary.get("vision_checkpoint")  # vision_checkpoint: stage-1 runs
+    if summary.get("world_size", 1) > 1 and output is None:
         return  # non-zero ranks of a multi-process run print nothing
     if as_json:
         emit_json(summary)
@@ -241,7 +243,8 @@ def train(
               f" ({summary['samples_per_s'] or 0:.1f} samples/s)")
     if shown:
         out.print("validation: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
-    out.print(f"model: {summary['model_dir']}\nrun: {summary['run_dir']}")
+    what = "model" if summary.get("model_dir") else "vision checkpoint"
+    out.print(f"{what}: {output}\nrun: {summary['run_dir']}")
 
 
 ModelOption = Annotated[str | None, typer.Option(

@@ -14,7 +14,9 @@ QuickGELU unless told otherwise. Weights load from a local file in either the of
 ``visual.`` prefix, ``conv1.weight`` inflated to ``[768, 3, 1, 16, 16]``) or a full open_clip/OpenAI CLIP state
 dict (``visual.`` prefix; other towers ignored).
 
-open_clip imports torchvision; :func:`vtr.compat.ensure_torchvision` runs before it is imported.
+Masks and the gathering of the targets at the visible positions live in :mod:`vtr.model.masking`
+(:func:`~vtr.model.masking.encode_teacher`). open_clip imports torchvision; :func:`vtr.compat.ensure_torchvision`
+runs before it is imported.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import torch.nn.functional as F
 from vtr.compat import ensure_torchvision
 from vtr.encoders.checkpoint import interpolate_pos_embed, read_checkpoint, unwrap_state_dict
 from vtr.errors import CheckpointError, ConfigError
-from vtr.model.masking import make_mask
 
 log = logging.getLogger(__name__)
 
@@ -281,39 +282,6 @@ def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(archive.state_dict())
 
 
-def gather_visible(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Tokens ``[B, N, D]`` at the visible positions of ``mask [B, N]`` (True = masked) -> ``[B, n_vis, D]``."""
-    if mask.shape != tokens.shape[:2]:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match tokens {tuple(tokens.shape[:2])}")
-    visible = (~mask).sum(dim=1)
-    if (visible != visible[0]).any():
-        raise ValueError(f"every sample must keep the same number of tokens, got {visible.tolist()}")
-    return tokens[~mask.to(tokens.device)].reshape(tokens.shape[0], -1, tokens.shape[-1])
-
-
-def encode_teacher(
-    teacher: CLIPTeacher,
-    video: torch.Tensor,
-    mask_kind: str,
-    ratio: float,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the teacher once, build the mask, gather its targets -> ``(mask [B, 1+T*P], visible [B, n, out_dim])``.
-
-    ``mask_kind="attention"`` samples the mask from the teacher's cls attention; ``random``/``tube`` ignore it;
-    ``none`` keeps every token. The student must be run with the returned mask.
-    """
-    if video.ndim == 4:
-        video = video.unsqueeze(1)
-    b, t = video.shape[:2]
-    out = teacher(video)
-    mask = make_mask(
-        mask_kind, b, t, teacher.num_patches, ratio, generator=generator, device=out.tokens.device,
-        cls_attn=out.cls_attn if mask_kind == "attention" else None,
-    )
-    return mask, gather_visible(out.tokens, mask)
-
-
 def _model_config(name: str | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     open_clip = _open_clip()
     if isinstance(name, Mapping):
@@ -369,6 +337,4 @@ __all__ = [
     "CLIPTeacher",
     "TeacherOutput",
     "create_clip_teacher",
-    "encode_teacher",
-    "gather_visible",
 ]

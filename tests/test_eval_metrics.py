@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from vtr.evaluation.metrics import dual_softmax, retrieval_metrics, retrieval_ranks, to_official_names
+from vtr.evaluation.metrics import (
+    decoded_subset,
+    dual_softmax,
+    retrieval_eval,
+    retrieval_metrics,
+    retrieval_ranks,
+    temporal_metrics,
+    to_official_names,
+)
 from vtr.evaluation.rerank import FILL_VALUE, rerank_topk, topk_indices
 
 # ------------------------------------------------------------------------------------------ references
@@ -305,3 +313,32 @@ def test_rerank_distributed_two_gloo_ranks_match_single_process(tmp_path):
     # the work was split: together the ranks made exactly the single-process calls
     assert sorted(results[0]["calls"] + results[1]["calls"]) == sorted(ref_scorer.calls)
     assert results[0]["calls"] and results[1]["calls"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# training validation: temporal subset and the decoded-videos remap (one code path with `vtr eval`)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_temporal_metrics_rank_within_groups():
+    # 4 videos: 0/1 are a temporal pair, 2/3 another; one text per video
+    s = np.array([[0.9, 0.8, 0.1, 0.0],   # right within its pair
+                  [0.9, 0.8, 0.1, 0.0],   # wrong: prefers its partner
+                  [0.0, 0.1, 0.5, 0.5],   # tie with its partner -> half a hit (a random tie-break)
+                  [0.0, 0.1, 0.2, 0.7]])  # right
+    m = temporal_metrics(s, [0, 1, 2, 3], ["a", "a", "b", "b"])
+    assert m == {"temporal_r1": 62.5, "temporal_chance": 50.0, "temporal_queries": 4.0, "temporal_full_r1": 62.5}
+    same = temporal_metrics(np.ones((4, 4)), [0, 1, 2, 3], ["a", "a", "b", "b"])  # an order-blind model
+    assert same["temporal_r1"] == same["temporal_chance"] == 50.0
+    full = retrieval_eval(torch.tensor(s), [0, 1, 2, 3], [[0], [1], [2], [3]], ["a", "a", None, None])
+    assert full["t2v_r1"] == 50.0 and full["temporal_queries"] == 2.0 and full["t2v_chance_r1"] == 25.0
+
+
+def test_decoded_subset_drops_undecodable_videos_with_their_texts():
+    # 3 videos, texts 0,1 -> video 0, text 2 -> video 1, texts 3,4 -> video 2; video 1 failed to decode
+    txt2vid, vid2txt = [0, 0, 1, 2, 2], [[0, 1], [2], [3, 4]]
+    sub = decoded_subset(txt2vid, vid2txt, [0, 2])
+    assert sub.texts == [0, 1, 3, 4] and sub.txt2vid == [0, 0, 1, 1] and sub.vid2txt == [[0, 1], [2, 3]]
+    # rows in another order than the dataset's (as gathered from ranks): the remap follows the given order
+    sub = decoded_subset(txt2vid, vid2txt, [2, 0])
+    assert sub.texts == [0, 1, 3, 4] and sub.txt2vid == [1, 1, 0, 0] and sub.vid2txt == [[2, 3], [0, 1]]

@@ -465,7 +465,7 @@ def test_uta_identical_opposite_and_by_hand():
 
 def test_loss_weights_and_combine():
     w = LossWeights()
-    assert w.as_dict() == {"vtc": 1.0, "vtm": 1.0, "mlm": 1.0, "uta": 1.0}
+    assert w.as_dict() == {"vtc": 1.0, "vtm": 1.0, "mlm": 1.0, "uta": 1.0, "distill": 0.0}
     losses = {"vtc": torch.tensor(2.0), "vtm": torch.tensor(3.0), "uta": torch.tensor(float("nan"))}
     total = combine(losses, LossWeights(vtm=0.5, uta=0.0))
     assert total.item() == pytest.approx(2.0 + 1.5)  # the disabled NaN loss is skipped

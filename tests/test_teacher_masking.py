@@ -10,16 +10,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vtr.compat import ensure_torchvision
-from vtr.encoders.clip_teacher import (
-    CLIPTeacher,
-    TeacherOutput,
-    create_clip_teacher,
-    encode_teacher,
-    gather_visible,
-)
+from vtr.encoders.clip_teacher import CLIPTeacher, TeacherOutput, create_clip_teacher
 from vtr.errors import CheckpointError, ConfigError
 from vtr.model.masking import (
     attention_mask,
+    encode_teacher,
+    gather_visible,
     make_mask,
     random_mask,
     tube_mask,

@@ -29,13 +29,8 @@ from vtr.training.data import (  # noqa: E402
     TrainCaptionDataset,
     TrainCollate,
 )
-from vtr.training.module import (  # noqa: E402
-    CosineWarmup,
-    RetrievalLitModule,
-    official_param_groups,
-    retrieval_eval,
-    temporal_metrics,
-)
+from vtr.training.module import RetrievalLitModule  # noqa: E402
+from vtr.training.optim import CosineWarmup, official_param_groups  # noqa: E402
 
 # A tiny model: VideoMamba-Ti width with 2 layers, 32 px (2x2 patches), 4 frames, the packaged MiniLM text tower.
 TINY = ["model.img_size=32", "model.num_frames=4", "model.vision.depth=2", "data.batch_size=4", "data.num_workers=0",
@@ -229,20 +224,6 @@ def test_train_dataset_images_expand_captions_and_bad_files(tmp_path, world, cap
     assert sum("broken.mp4" in r.message for r in caplog.records) == 1  # reported once
     assert ds[(0, 0)]["video"].shape == (4, 3, 32, 32)
     assert not torch.equal(ds[(0, 0)]["video"], ds[(0, 1)]["video"])  # new crop / frames each epoch
-
-
-def test_temporal_metrics_rank_within_groups():
-    # 4 videos: 0/1 are a temporal pair, 2/3 another; one text per video
-    s = np.array([[0.9, 0.8, 0.1, 0.0],   # right within its pair
-                  [0.9, 0.8, 0.1, 0.0],   # wrong: prefers its partner
-                  [0.0, 0.1, 0.5, 0.5],   # tie with its partner -> half a hit (a random tie-break)
-                  [0.0, 0.1, 0.2, 0.7]])  # right
-    m = temporal_metrics(s, [0, 1, 2, 3], ["a", "a", "b", "b"])
-    assert m == {"temporal_r1": 62.5, "temporal_chance": 50.0, "temporal_queries": 4.0, "temporal_full_r1": 62.5}
-    same = temporal_metrics(np.ones((4, 4)), [0, 1, 2, 3], ["a", "a", "b", "b"])  # an order-blind model
-    assert same["temporal_r1"] == same["temporal_chance"] == 50.0
-    full = retrieval_eval(torch.tensor(s), [0, 1, 2, 3], [[0], [1], [2], [3]], ["a", "a", None, None])
-    assert full["t2v_r1"] == 50.0 and full["temporal_queries"] == 2.0 and full["t2v_chance_r1"] == 25.0
 
 
 # ---------------------------------------------------------------------------------------------------- model

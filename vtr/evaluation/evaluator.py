@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from vtr.data.clips import ClipRequest, iter_clip_batches
 from vtr.evaluation.datasets import EvalDataset
-from vtr.evaluation.metrics import dual_softmax, retrieval_metrics
+from vtr.evaluation.metrics import decoded_subset, dual_softmax, retrieval_metrics
 from vtr.evaluation.rerank import rerank_topk
 from vtr.runtime import inference_dtype, resolve_device
 
@@ -165,11 +165,7 @@ class RetrievalEvaluator:
 
         # Videos that failed to decode leave the candidate set with their texts (reported, like missing files).
         keep_videos = video.positions
-        new_index = {old: new for new, old in enumerate(keep_videos)}
-        keep_texts = [t for t, v in enumerate(ds.txt2vid) if v in new_index]
-        txt2vid = [new_index[ds.txt2vid[t]] for t in keep_texts]
-        text_row = {old: new for new, old in enumerate(keep_texts)}
-        vid2txt = [[text_row[t] for t in ds.vid2txt[v] if t in text_row] for v in keep_videos]
+        keep_texts, txt2vid, vid2txt = decoded_subset(ds.txt2vid, ds.vid2txt, keep_videos)
         t_emb, t_states, t_masks = text_embeds[keep_texts], text_states[keep_texts], text_masks[keep_texts]
 
         itc = model.similarity(video.embeds, t_emb)  # [Nt, Nv] float32, temp 1

@@ -22,6 +22,7 @@ re-ranked matrices (items outside the top k).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -148,6 +149,80 @@ def retrieval_metrics(
         out[f"{prefix}_mnr"] = float(np.mean(ranks + 1))
     if decimals is not None:
         out = {k: round(v, decimals) for k, v in out.items()}
+    return out
+
+
+class DecodedSubset(NamedTuple):
+    """The retrieval problem restricted to the videos that decoded (see :func:`decoded_subset`)."""
+
+    texts: list[int]  # dataset text index of each kept text row
+    txt2vid: list[int]  # kept text row -> kept video row
+    vid2txt: list[list[int]]  # kept video row -> kept text rows
+
+
+def decoded_subset(txt2vid: Sequence[int], vid2txt: Sequence[Sequence[int]],
+                   decoded: Sequence[int]) -> DecodedSubset:
+    """Remap a dataset's ground truth to the videos that decoded (``decoded``: dataset video indices, in row order).
+
+    Videos that failed to decode leave the candidate set together with their texts (``vtr eval`` reports them,
+    training validation counts them as ``val_failed_videos``); the kept texts stay in dataset order.
+    """
+    row = {v: i for i, v in enumerate(decoded)}
+    texts = [t for t, v in enumerate(txt2vid) if v in row]
+    text_row = {t: i for i, t in enumerate(texts)}
+    return DecodedSubset(texts, [row[txt2vid[t]] for t in texts],
+                         [[text_row[t] for t in vid2txt[v] if t in text_row] for v in decoded])
+
+
+def _top1(score: float, others: np.ndarray) -> float:
+    """1 if ``score`` beats every one of ``others``, ``1/(m+1)`` if it ties ``m`` of them at the top, else 0."""
+    if len(others) == 0 or score > others.max():
+        return 1.0
+    if score < others.max():
+        return 0.0
+    return 1.0 / (1 + int((others == score).sum()))
+
+
+def temporal_metrics(score_t2v: object, txt2vid: Sequence[int], groups: Sequence[str | None]) -> dict[str, float]:
+    """R@1 of each text whose video is in a temporal group (vtr-shapes), ranked among that group's videos only.
+
+    Returns ``temporal_r1`` (percent), ``temporal_chance`` (mean 1/group size, percent), ``temporal_queries`` and
+    ``temporal_full_r1`` (the same texts ranked over the whole gallery); ``{}`` when no text has a group. A tie at
+    the top between the right clip and ``m`` others counts ``1 / (m + 1)`` (the expected hit of a random
+    tie-break), so a model that cannot tell a clip from its reversed partner (the frame-mean baseline, which sees
+    the same bag of frames) scores chance.
+    """
+    scores = _as_scores(score_t2v, "score_t2v")
+    members: dict[str, list[int]] = {}
+    for v, g in enumerate(groups):
+        if g is not None:
+            members.setdefault(g, []).append(v)
+    hits, chance, full = [], [], []
+    for t, v in enumerate(txt2vid):
+        g = groups[v]
+        if g is None or len(members[g]) < 2:
+            continue
+        row = scores[t]
+        others = row[[u for u in members[g] if u != v]]
+        hits.append(_top1(row[v], others))
+        chance.append(1.0 / len(members[g]))
+        full.append(_top1(row[v], np.delete(row, v)))
+    if not hits:
+        return {}
+    return {"temporal_r1": 100.0 * float(np.mean(hits)), "temporal_chance": 100.0 * float(np.mean(chance)),
+            "temporal_queries": float(len(hits)), "temporal_full_r1": 100.0 * float(np.mean(full))}
+
+
+def retrieval_eval(score_t2v: object, txt2vid: Sequence[int], vid2txt: Sequence[Sequence[int]],
+                   groups: Sequence[str | None] | None = None) -> dict[str, float]:
+    """Training validation's metrics of a dual-encoder score matrix [Nt, Nv]: :func:`retrieval_metrics` unrounded
+    (the tie rule of ``vtr eval``, so ``vtr eval`` of the exported model reports the same numbers), plus
+    :func:`temporal_metrics` when ``groups`` (per video) are given and ``t2v_chance_r1``."""
+    scores = _as_scores(score_t2v, "score_t2v")
+    out = {k: float(v) for k, v in retrieval_metrics(scores, txt2vid, vid2txt, decimals=None).items()}
+    if groups is not None:
+        out.update(temporal_metrics(scores, txt2vid, groups))
+    out["t2v_chance_r1"] = 100.0 / scores.shape[1]
     return out
 
 

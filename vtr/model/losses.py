@@ -436,13 +436,15 @@ def uta_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the four losses; the total is ``Σ weight·loss`` (all 1.0 in the masked stage, ``uta=0``
-    in the unmasked stage). A loss whose weight is 0 need not be computed at all."""
+    """Weights of the losses; the total is ``Σ weight·loss`` (all 1.0 in the masked stage, ``uta=0`` in the
+    unmasked stage; ``distill``: self-distillation from a smaller VideoMamba, off by default). A loss whose weight
+    is 0 need not be computed at all. Also the ``losses`` section of a training config."""
 
     vtc: float = 1.0
     vtm: float = 1.0
     mlm: float = 1.0
     uta: float = 1.0
+    distill: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -8,11 +8,15 @@ sample keeps the same number of tokens, so ``x[~mask].reshape(B, -1, C)`` works
 Per frame ``visible_count(P, ratio) = P - int(P * ratio)`` tokens stay visible: 40 of 196 for the video ratio
 0.8, 98 of 196 for the image ratio 0.5. Random draws use ``generator`` (on its own device) when given, so masks
 are reproducible independently of where the tokens live.
+
+:func:`encode_teacher` runs a frozen teacher (CLIP or VideoMamba), builds the mask from it and gathers the
+teacher's targets at the student's visible positions (:func:`gather_visible`).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from vtr.errors import ConfigError
 
@@ -157,3 +161,38 @@ def make_mask(
     if kind == "none":
         return no_mask(batch_size, num_frames, num_patches, device)
     raise ConfigError(f"unknown mask kind {kind!r}; choose one of {', '.join(MASK_KINDS)}")
+
+
+def gather_visible(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Tokens ``[B, N, D]`` at the visible positions of ``mask [B, N]`` (True = masked) -> ``[B, n_vis, D]``."""
+    if mask.shape != tokens.shape[:2]:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match tokens {tuple(tokens.shape[:2])}")
+    visible = (~mask).sum(dim=1)
+    if (visible != visible[0]).any():
+        raise ValueError(f"every sample must keep the same number of tokens, got {visible.tolist()}")
+    return tokens[~mask.to(tokens.device)].reshape(tokens.shape[0], -1, tokens.shape[-1])
+
+
+def encode_teacher(
+    teacher: nn.Module,
+    video: torch.Tensor,
+    mask_kind: str,
+    ratio: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the teacher once, build the mask, gather its targets -> ``(mask [B, 1+T*P], visible [B, n, out_dim])``.
+
+    ``teacher(video)`` returns ``tokens [B, 1+T*P, D]`` and ``cls_attn [B*T, P]`` (a CLIP teacher's cls attention or
+    a VideoMamba teacher's saliency) and has ``num_patches``. ``mask_kind="attention"`` samples the mask from
+    ``cls_attn``; ``random``/``tube`` ignore it;
+    ``none`` keeps every token. The student must be run with the returned mask.
+    """
+    if video.ndim == 4:
+        video = video.unsqueeze(1)
+    b, t = video.shape[:2]
+    out = teacher(video)
+    mask = make_mask(
+        mask_kind, b, t, teacher.num_patches, ratio, generator=generator, device=out.tokens.device,
+        cls_attn=out.cls_attn if mask_kind == "attention" else None,
+    )
+    return mask, gather_visible(out.tokens, mask)

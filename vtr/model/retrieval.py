@@ -10,6 +10,7 @@ Parameter names follow the official checkpoint (``vision_encoder.*``, ``text_enc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
@@ -188,26 +189,32 @@ class RetrievalModel(nn.Module):
         mask_kind: str = "none",
         mask_ratio: float = 0.0,
         generator: torch.Generator | None = None,
+        distill: Callable[[torch.Tensor, VideoFeatures, torch.Tensor | None], torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """The official stage-2 objectives on one batch: VTC, VTM (hard negatives), MLM and UTA distillation.
 
         ``teacher`` + ``mask_kind`` != "none": the teacher picks the visible tokens (attention masking), the
         student runs on them (pooled over all visible tokens, as the official masked stage does) and UTA aligns
-        the student's features with the teacher's. Losses with weight 0 are skipped.
+        the student's features with the teacher's. ``distill(video, video_features, mask_or_None)``: the
+        self-distillation loss (weight ``weights.distill``) on this forward's features. Losses with weight 0 are
+        skipped.
         """
         weights = weights or L.LossWeights()
         L.clamp_temperature_(self.temp)
         out: dict[str, torch.Tensor] = {}
         b = video.shape[0]
         idx = torch.arange(b, device=video.device) if idx is None else idx
+        mask = None
         if teacher is not None and mask_kind != "none" and weights.uta > 0:
-            from vtr.encoders.clip_teacher import encode_teacher
+            from vtr.model.masking import encode_teacher
 
             mask, targets = encode_teacher(teacher, video, mask_kind, mask_ratio, generator=generator)
             vid = self.encode_video(video, mask=mask, keep_temporal=False)
             out["uta"] = L.uta_loss(vid.aligned.float(), targets.float())
         else:
             vid = self.encode_video(video)
+        if distill is not None and weights.distill > 0:
+            out["distill"] = distill(video, vid, mask)
         txt = self.encode_text(input_ids, attention_mask)
         if weights.vtc > 0:
             out["vtc"] = L.vtc_loss(vid.embeds, txt.embeds, self.temp, idx=idx)

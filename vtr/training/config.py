@@ -15,26 +15,25 @@ Two levels of checking: :func:`load_config` validates the schema and value range
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar
 
 import yaml
 
+from vtr.dataclass_yaml import apply_overrides, build, read_yaml, to_dict
 from vtr.errors import ConfigError
+from vtr.model.losses import LossWeights
+from vtr.model.masking import MASK_KINDS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "single_device")
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "bf16-true", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-MASK_KINDS = ("none", "attention", "random", "tube")
+TEACHER_KINDS = ("clip", "videomamba")
 MEDIA = ("auto", "video", "image")
 TEXT_POOLS = ("cls", "mean")
 FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
@@ -51,7 +50,8 @@ class ModelConfig:
     (``model.vision.depth=4``). ``frame_independent`` turns the video tower into the frame-mean baseline (same
     weights and width, every frame encoded on its own, no temporal mixing). Initial weights: ``pretrained`` (a vtr
     model directory, an installed model name or an official multimodal checkpoint), ``vision_pretrained`` (a
-    stage-1 VideoMamba checkpoint), ``text_weights`` (``default``: the text encoder's registry default, i.e. the
+    stage-1 VideoMamba checkpoint, e.g. the ``vision.pt`` of a ``stage1_masked`` run; ``model.vision.pretrained``
+    says the same), ``text_weights`` (``default``: the text encoder's registry default, i.e. the
     packaged MiniLM for ``minilm_l6`` and random init for ``bert_base``; ``random``; or a checkpoint path).
     """
 
@@ -74,15 +74,20 @@ class ModelConfig:
 
 @dataclass
 class TeacherConfig:
-    """The frozen CLIP teacher of unmasked token alignment (UTA). ``name: null`` = no teacher.
+    """The frozen teacher of unmasked token alignment (UTA). No ``name``/``config``/``model`` = no teacher.
 
-    ``name``: an open_clip model name (``ViT-B-16`` in the official recipe); ``config``: an open_clip model config
-    dict instead (tests). ``weights``: the teacher's weights file (required for a real run; ``allow_random`` lets a
-    randomly initialised teacher through, for tests only). ``image_size``: default = the student's ``img_size``.
-    Masks: ``video_mask``/``image_mask`` kind and ratio of the student's dropped tokens (official: attention masking,
-    0.8 for video, 0.5 for images).
+    ``kind: clip`` (official): ``name`` an open_clip model name (``ViT-B-16`` in the official recipe) or ``config``
+    an open_clip model config dict (tests); ``weights``: its weights file (required for a real run;
+    ``allow_random`` lets a randomly initialised teacher through, for tests only); ``image_size``: default = the
+    student's ``img_size``. ``kind: videomamba``: ``model`` a vtr model directory, an installed model name or a
+    stage-1 run's ``vision.pt``; its final tokens are the targets (the student's ``clip_decoder`` projects to the
+    teacher's width), and ``attention`` masking samples from the teacher's own saliency (the cosine of its pooled
+    feature to each patch token; the log says so). Masks: ``video_mask``/``image_mask`` kind and ratio of the
+    student's dropped tokens (official: attention masking, 0.8 for video, 0.5 for images).
     """
 
+    kind: str = "clip"
+    model: str | None = None
     name: str | None = None
     config: dict[str, Any] | None = None
     weights: str | None = None
@@ -96,17 +101,22 @@ class TeacherConfig:
 
     @property
     def enabled(self) -> bool:
+        if self.kind == "videomamba":
+            return self.model is not None
         return self.name is not None or self.config is not None
 
 
 @dataclass
-class LossConfig:
-    """Loss weights (the total is the weighted sum; a 0 weight skips the loss)."""
+class SelfDistillConfig:
+    """Self-distillation (VideoMamba paper): the student's final features are aligned (``2 - 2 cos``, weight
+    ``losses.distill``) to those of a frozen, smaller VideoMamba, ``model`` (a vtr model directory or installed
+    name, e.g. a trained ``shapes_small``), through a learned linear projection when the widths differ."""
 
-    vtc: float = 1.0
-    vtm: float = 1.0
-    mlm: float = 1.0
-    uta: float = 0.0
+    model: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.model is not None
 
 
 @dataclass
@@ -122,7 +132,12 @@ class DifferentLR:
 
 @dataclass
 class OptimConfig:
-    """AdamW with the official weight-decay rule (see :func:`vtr.training.module.official_param_groups`)."""
+    """AdamW with the official weight-decay rule (see :func:`vtr.training.optim.official_param_groups`).
+
+    ``lr_batch`` > 0: ``lr`` (and ``different_lr.lr``) are given for a total batch of ``lr_batch`` samples and
+    scaled linearly to the run's (``batch_size`` x devices x nodes x ``accumulate_grad_batches``), as the official
+    stage 1 does (1.5e-4 per 256); 0: used as given.
+    """
 
     lr: float = 1e-4
     weight_decay: float = 0.05
@@ -130,6 +145,7 @@ class OptimConfig:
     eps: float = 1e-8
     max_grad_norm: float = -1.0  # <= 0: no clipping (official)
     different_lr: DifferentLR = field(default_factory=DifferentLR)
+    lr_batch: int = 0
 
 
 @dataclass
@@ -157,6 +173,8 @@ class DataSource:
     vtr-shapes world (its ``train.json`` / ``test.json`` is picked by the field it is given to).
     """
 
+    SHORTHAND: ClassVar[str] = "anno"
+
     anno: str
     root: str | None = None
     media: str = "auto"
@@ -167,13 +185,16 @@ class DataConfig:
     """Training / validation data.
 
     ``world``: a vtr-shapes world folder; fills ``train`` (``train.json``) and ``val`` (``test.json``) when they
-    are not given. ``batch_size`` is per device and per media type (one media type per step). ``expand_captions``:
-    one sample per caption with per-video ids in VTC (retrieval fine-tuning) instead of one sample per entry
-    with a random caption (pretraining). ``hflip``: random horizontal flip (official True; turn it off when
-    captions name left/right, as vtr-shapes does). ``val_max_videos`` caps the validation set (first N entries).
+    are not given. ``videos``: a folder of videos (searched recursively) for video-only training (``stage1_masked``;
+    the captions of ``train`` annotations are ignored there). ``batch_size`` is per device and per media type (one
+    media type per step). ``expand_captions``: one sample per caption with per-video ids in VTC (retrieval
+    fine-tuning) instead of one sample per entry with a random caption (pretraining). ``hflip``: random horizontal
+    flip (official True; turn it off when captions name left/right, as vtr-shapes does). ``val_max_videos`` caps the
+    validation set (first N entries).
     """
 
     world: str | None = None
+    videos: str | None = None
     train: list[DataSource] = field(default_factory=list)
     val: DataSource | None = None
     batch_size: int = 32
@@ -226,7 +247,8 @@ class TrainConfig:
     seed: int = 42
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    losses: LossConfig = field(default_factory=LossConfig)
+    self_distill: SelfDistillConfig = field(default_factory=SelfDistillConfig)
+    losses: LossWeights = field(default_factory=lambda: LossWeights(uta=0.0))
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -235,176 +257,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
-
-# ---------------------------------------------------------------------------------------------------- conversion
-
-
-def _field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def _unknown_key_error(key: str, cls: type, where: str) -> ConfigError:
-    names = _field_names(cls)
-    close = difflib.get_close_matches(key, names, n=1)
-    hint = f" (did you mean {where + close[0]!r}?)" if close else ""
-    return ConfigError(f"unknown config key {where + key!r}{hint}; valid keys here: {', '.join(names)}")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert ``value`` (parsed YAML) to type ``tp``; raise :class:`ConfigError` naming ``key`` if it cannot."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{key} must not be null")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        names = " or ".join(_type_name(a) for a in args if a is not type(None))
-        raise ConfigError(f"{key} must be {names}, got {value!r}")
-    if value is None:
-        raise ConfigError(f"{key} must not be null (expected {_type_name(tp)})")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if isinstance(value, (str, os.PathLike)) and hasattr(tp, "__dataclass_fields__") and tp is DataSource:
-            return DataSource(anno=os.fspath(value))
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping of {_type_name(tp)} fields, got {value!r}")
-        return _build(tp, value, key + ".")
-    if origin is list:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return {str(k): v for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported config type {tp}")  # pragma: no cover - schema error
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = set(_field_names(cls))
-    for key in data:
-        if key not in names:
-            raise _unknown_key_error(str(key), cls, prefix)
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # a required field is missing
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
-
-
-def to_dict(obj: Any) -> Any:
-    """A config (or any part of it) as plain YAML/JSON-friendly data (tuples become lists)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-# ---------------------------------------------------------------------------------------------------- overrides
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=1e-4"`` -> ``(["optim", "lr"], "1e-4")`` (the value parsed as YAML)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.subkey=value (e.g. optim.lr=1e-4)")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r} has an empty key part")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Set each ``a.b.c=value`` override in the nested mapping ``data`` (in place; also returned).
-
-    Keys are checked against the schema where it is a dataclass (a typo fails here, with a suggestion); under
-    free-form mappings (``model.vision``, ``model.text``, ``teacher.config``) any key is accepted.
-    """
-    for text in overrides:
-        parts, value = parse_override(text)
-        node, cls, where = data, TrainConfig, ""
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if cls is not None:
-                if part not in _field_names(cls):
-                    raise _unknown_key_error(part, cls, where)
-                hint = typing.get_type_hints(cls)[part]
-                inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-                sub = inner[0] if dataclasses.is_dataclass(inner[0]) else None
-            else:
-                sub = None
-            if last:
-                node[part] = value
-                break
-            if not isinstance(node.get(part), dict):
-                current = node.get(part)
-                if current is not None and cls is not None and sub is None:
-                    raise ConfigError(f"override {text!r}: {where + part!r} is not a section")
-                # a data source given as a plain path string becomes {anno: path} before a sub-key is set
-                node[part] = {"anno": current} if sub is DataSource and isinstance(current, str) else {}
-            node, cls, where = node[part], sub, where + part + "."
-    return data
+    @property
+    def video_only(self) -> bool:
+        """Stage-1 style training: no text loss (``vtc = vtm = mlm = 0``), videos without captions."""
+        w = self.losses
+        return w.vtc == 0 and w.vtm == 0 and w.mlm == 0
 
 
 # ---------------------------------------------------------------------------------------------------- load
@@ -427,23 +284,9 @@ def config_path(config: str | os.PathLike) -> Path:
                       f"({', '.join(list_configs())})")
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {str(path)!r} is not valid YAML: {err}") from None
-    except OSError as err:
-        raise ConfigError(f"cannot read config {str(path)!r}: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {str(path)!r} must be a YAML mapping, got {type(data).__name__}")
-    return data
-
-
 def from_dict(data: dict[str, Any]) -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from a nested mapping."""
-    cfg = _build(TrainConfig, dict(data))
+    cfg = build(TrainConfig, dict(data))
     validate(cfg)
     return cfg
 
@@ -457,7 +300,7 @@ def load_config(config: str | os.PathLike | dict | TrainConfig = "shapes_tiny",
         data = dict(config)
     else:
         data = read_yaml(config_path(config))
-    return from_dict(apply_overrides(data, list(overrides)))
+    return from_dict(apply_overrides(TrainConfig, data, list(overrides)))
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
@@ -492,26 +335,33 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(0.0 <= m.drop_path_rate < 1.0, f"model.drop_path_rate must be in [0, 1), got {m.drop_path_rate}")
 
     t = cfg.teacher
+    _check(t.kind in TEACHER_KINDS, f"teacher.kind must be one of {', '.join(TEACHER_KINDS)}, got {t.kind!r}")
+    _check(t.kind == "videomamba" or t.model is None,
+           "teacher.model names a VideoMamba teacher: set teacher.kind=videomamba (or teacher.name for CLIP)")
     for kind_key, ratio_key in (("video_mask", "video_mask_ratio"), ("image_mask", "image_mask_ratio")):
         kind, ratio = getattr(t, kind_key), getattr(t, ratio_key)
         _check(kind in MASK_KINDS, f"teacher.{kind_key} must be one of {', '.join(MASK_KINDS)}, got {kind!r}")
         _check(0.0 <= ratio < 1.0, f"teacher.{ratio_key} must be in [0, 1), got {ratio}")
     _check(t.image_size is None or t.image_size >= 16, "teacher.image_size must be >= 16")
 
-    w = cfg.losses
-    for key in ("vtc", "vtm", "mlm", "uta"):
-        value = getattr(w, key)
-        _check(value >= 0 and value == value and value != float("inf"), f"losses.{key} must be a finite number >= 0")
-    _check(w.vtc + w.vtm + w.mlm + w.uta > 0, "all loss weights are 0: nothing to train")
-    _check(w.uta == 0 or t.enabled, "losses.uta > 0 needs a CLIP teacher (teacher.name, e.g. ViT-B-16)")
-    _check(not (m.frame_independent and t.enabled and w.uta > 0),
-           "model.frame_independent (the frame-mean baseline) cannot be combined with UTA token masking")
+    w = cfg.losses  # LossWeights checks each weight is a finite number >= 0
+    _check(sum(w.as_dict().values()) > 0, "all loss weights are 0: nothing to train")
+    _check(w.uta == 0 or t.enabled, "losses.uta > 0 needs a teacher: teacher.name (CLIP, e.g. ViT-B-16) or "
+                                    "teacher.kind=videomamba teacher.model=NAME|DIR")
+    _check((w.distill > 0) == cfg.self_distill.enabled,
+           "self-distillation needs both self_distill.model=NAME|DIR (the smaller VideoMamba) and losses.distill > 0")
+    _check(not cfg.video_only or (w.uta > 0 and w.distill == 0),
+           "video-only training (vtc = vtm = mlm = 0) trains UTA only: set losses.uta > 0 and a teacher")
+    _check(not cfg.video_only or t.video_mask != "none", "stage-1 masked training needs teacher.video_mask != none")
+    _check(not (m.frame_independent and (w.distill > 0 or (t.enabled and w.uta > 0))),
+           "model.frame_independent (the frame-mean baseline) cannot be combined with UTA or self-distillation")
 
     o = cfg.optim
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(all(0.0 <= b < 1.0 for b in o.betas), f"optim.betas must be in [0, 1), got {list(o.betas)}")
     _check(o.eps > 0, f"optim.eps must be > 0, got {o.eps}")
+    _check(o.lr_batch >= 0, f"optim.lr_batch must be >= 0 (0: lr used as given), got {o.lr_batch}")
     _check(o.different_lr.lr > 0, f"optim.different_lr.lr must be > 0, got {o.different_lr.lr}")
     for pattern in o.different_lr.module_names:
         try:
@@ -588,7 +438,14 @@ def resolve_data(cfg: TrainConfig) -> tuple[list[DataSource], DataSource | None]
 def check_runnable(cfg: TrainConfig) -> TrainConfig:
     """What a run needs beyond :func:`validate`: training data and the files the config names."""
     train, val = resolve_data(cfg)
-    if not train:
+    videos = cfg.data.videos
+    if videos is not None:
+        if not cfg.video_only:
+            raise ConfigError("data.videos (videos without captions) is for video-only training (stage1_masked); "
+                              "a run with text losses needs data.train=ANNOTATION.json or data.world=DIR")
+        if not Path(os.path.expanduser(videos)).is_dir():
+            raise ConfigError(f"data.videos {videos!r} is not a folder of videos")
+    elif not train:
         raise ConfigError("no training data: set data.train=ANNOTATION.json (or a list of {anno, root}) or "
                           "data.world=WORLD_DIR (a vtr-shapes world from `vtr synth`)")
     for src in train + ([val] if val is not None else []):
@@ -597,15 +454,22 @@ def check_runnable(cfg: TrainConfig) -> TrainConfig:
         if not Path(src.root).is_dir():
             raise ConfigError(f"media root {src.root!r} of {src.anno!r} is not a folder")
     t = cfg.teacher
-    if t.enabled and cfg.losses.uta > 0:
+    if t.enabled and cfg.losses.uta > 0 and t.kind == "clip":
         if t.weights is None and not t.allow_random:
             raise ConfigError("teacher.weights is required for UTA: pass teacher.weights=PATH to the CLIP "
                               f"{t.name or 'teacher'} weights (official: OpenAI CLIP ViT-B/16 visual tower), or "
                               "set losses.uta=0 teacher.name=null to train without a teacher")
         if t.weights is not None and not Path(t.weights).is_file():
             raise ConfigError(f"teacher.weights {t.weights!r} does not exist")
-    for key in ("vision_pretrained",):
-        value = getattr(cfg.model, key)
+    for key, value in (("model.vision_pretrained", cfg.model.vision_pretrained),
+                       ("model.vision.pretrained", cfg.model.vision.get("pretrained"))):
         if value is not None and not Path(value).exists():
-            raise ConfigError(f"model.{key} {value!r} does not exist")
+            raise ConfigError(f"{key} {value!r} does not exist")
+    from vtr.model.registry import resolve_model_path
+
+    for key, value in (("teacher.model", t.model if t.kind == "videomamba" and cfg.losses.uta > 0 else None),
+                       ("self_distill.model", cfg.self_distill.model)):
+        if value is not None and not Path(value).is_file() and resolve_model_path(value) is None:
+            raise ConfigError(f"{key} {value!r} is neither a vtr model directory, an installed model name nor a "
+                              "stage-1 vision checkpoint file (vision.pt)")
     return cfg

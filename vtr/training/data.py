@@ -12,6 +12,9 @@ Randomness of a training sample (frame choice, crop, flip, caption choice) is dr
 decoded is logged once (per worker) and replaced by another sample of the same source, so batches keep their size
 (a must under DDP, where ranks exchange equally sized features).
 
+Video-only training (``stage1_masked``: no text loss): ``data.videos`` (a folder, searched recursively) or the
+annotation files' videos, with their captions ignored; batches hold no tokens.
+
 Validation: ``middle`` sampling and the eval transform; each rank encodes a shard of the videos (see
 :class:`ShardSampler`); the texts are encoded by the module at the end of validation.
 """
@@ -67,9 +70,10 @@ class TrainCaptionDataset(VideoCaptionDataset):
 
     def __init__(self, source: DataSource, num_frames: int, img_size: int, seed: int = 0,
                  expand_captions: bool = False, crop_scale: tuple[float, float] = (0.5, 1.0), hflip: bool = True,
-                 id_offset: int = 0, max_words: int | None = None, backend: str = "auto") -> None:
-        super().__init__(source.anno, source.root, num_frames=num_frames, strategy="rand", max_words=max_words,
-                         backend=backend, rng_seed=seed)
+                 id_offset: int = 0, max_words: int | None = None, backend: str = "auto",
+                 entries: Sequence[dict[str, Any]] | None = None) -> None:
+        super().__init__(source.anno if entries is None else entries, source.root, num_frames=num_frames,
+                         strategy="rand", max_words=max_words, backend=backend, rng_seed=seed)
         self.media = detect_media(self.annotations, source.media, f"annotation file {source.anno!r}")
         self.img_size = img_size
         self.crop_scale = tuple(crop_scale)
@@ -227,6 +231,28 @@ class ShardSampler(Sampler[int]):
         return iter(range(self.rank, self.n, self.world))
 
 
+def folder_entries(folder: str) -> list[dict[str, Any]]:
+    """Annotation entries (no caption) of the videos under ``folder``, relative to it, in sorted order."""
+    from vtr.index.files import walk_videos
+
+    root = os.path.realpath(os.path.expanduser(folder))
+    entries = [{"video": os.path.relpath(path, root), "caption": ""} for path in walk_videos([root])]
+    if not entries:
+        raise ConfigError(f"data.videos {folder!r} holds no video files (mp4, mkv, webm, ...)")
+    return entries
+
+
+class VideoCollate:
+    """Stack a video-only training batch (captions dropped; picklable)."""
+
+    def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+        items = [item for item in items if item is not None]
+        if not items:
+            return None
+        return {"video": torch.stack([item["video"] for item in items]),
+                "idx": torch.tensor([item["idx"] for item in items], dtype=torch.long), "media": items[0]["media"]}
+
+
 class TrainCollate:
     """Stack a training batch and tokenise its captions (runs in the loader workers; picklable)."""
 
@@ -279,6 +305,13 @@ class RetrievalDataModule(L.LightningDataModule):
         self.img_size = img_size
         self.max_txt_l = max_txt_l
         self.train_sources, self.val_source = resolve_data(cfg)
+        self.entries: dict[int, list[dict[str, Any]]] = {}  # source number -> in-memory entries (data.videos)
+        if cfg.data.videos is not None:
+            self.train_sources = [DataSource(cfg.data.videos, os.path.realpath(os.path.expanduser(cfg.data.videos)),
+                                             "video")]
+            self.entries[0] = folder_entries(cfg.data.videos)
+        if cfg.video_only:
+            self.val_source = None  # no captions to retrieve
         self.train_set: KeyedConcat | None = None
         self.batch_sampler: MediaBatchSampler | None = None
         self.val_set: VideoCaptionDataset | None = None
@@ -300,10 +333,11 @@ class RetrievalDataModule(L.LightningDataModule):
         d = self.cfg.data
         if self.train_set is None and self.train_sources and stage in (None, "fit"):
             datasets, offset = [], 0
-            for src in self.train_sources:
+            for i, src in enumerate(self.train_sources):
                 ds = TrainCaptionDataset(src, self.num_frames, self.img_size, seed=self.cfg.seed,
-                                         expand_captions=d.expand_captions, crop_scale=d.crop_scale, hflip=d.hflip,
-                                         id_offset=offset, max_words=d.max_words, backend=d.backend)
+                                         expand_captions=d.expand_captions and not self.cfg.video_only,
+                                         crop_scale=d.crop_scale, hflip=d.hflip, id_offset=offset,
+                                         max_words=d.max_words, backend=d.backend, entries=self.entries.get(i))
                 offset += len(ds.annotations)
                 datasets.append(ds)
             self.train_set = KeyedConcat(datasets)
@@ -361,8 +395,9 @@ class RetrievalDataModule(L.LightningDataModule):
             self.setup("fit")
         if getattr(self, "trainer", None) is not None:
             self.batch_sampler.position_fn = self._batches_consumed
-        return ResumableDataLoader(self.train_set, batch_sampler=self.batch_sampler,
-                                   collate_fn=TrainCollate(self.max_txt_l), **self._loader_kwargs())
+        collate = VideoCollate() if self.cfg.video_only else TrainCollate(self.max_txt_l)
+        return ResumableDataLoader(self.train_set, batch_sampler=self.batch_sampler, collate_fn=collate,
+                                   **self._loader_kwargs())
 
     def _batches_consumed(self) -> int:
         """Training batches the run has consumed so far (restored on resume): Lightning's total batch count."""

@@ -12,7 +12,8 @@ Layout of a run directory (``out``, default ``<home>/runs/<name>``)::
 
 The final model is exported to the data home as a vtr model directory (``<home>/models/<name>``) and registered
 under ``name`` (``vtr models list``; ``create_model(name)`` loads it), with the training config and final metrics
-in its ``meta.json``.
+in its ``meta.json``. A video-only run (``stage1_masked``) writes ``vision.pt`` in the run directory instead (the
+video tower and its config; ``model.vision_pretrained`` of a stage-2 config and ``teacher.model`` load it).
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def export_model(model, name: str, home: str | os.PathLike | None = None, make_d
 
 def _model_from_checkpoint(cfg: TrainConfig, ckpt_path: str):
     """The student with the weights of a Lightning checkpoint (used after FSDP, whose live module is sharded)."""
-    from vtr.training.module import build_retrieval_model
+    from vtr.training.build import build_retrieval_model
 
     model = build_retrieval_model(cfg)
     sd = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
@@ -254,7 +255,16 @@ def train(config: str | os.PathLike | dict | TrainConfig = "shapes_tiny", overri
         "parameters": sum(p.numel() for p in module.model.parameters()),
         "resumed_from": ckpt_path,
     }
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and cfg.video_only:
+        # stage 1 trains the video tower only: its output is a vision checkpoint, not a retrieval model
+        from vtr.model.teachers import save_vision_checkpoint
+
+        model = module.model
+        if cfg.trainer.strategy == "fsdp":
+            model = _model_from_checkpoint(cfg, str(last_ckpt))
+        summary["vision_checkpoint"] = str(save_vision_checkpoint(model.vision_encoder, run_dir / "vision.pt"))
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    elif trainer.is_global_zero:
         if export:
             model = module.model
             if cfg.trainer.strategy == "fsdp":
