@@ -106,8 +106,7 @@ def selective_scan_numba(
     reverse: bool = False,
 ) -> torch.Tensor:
     """The selective scan in Numba kernels (CPU, float32 compute); same contract as ``selective_scan``."""
-    from vtr.encoders.selective_scan import _epilogue, _no_autocast, _prepare_delta, selective_scan_chunked
-
+    _epilogue, _no_autocast, _prepare_delta, selective_scan_chunked = _registry_helpers()
     if u.dtype == torch.float64 or u.device.type != "cpu":
         return selective_scan_chunked(ScanDirection(u, delta, A, Bm, Cm, D, delta_bias), z, delta_softplus, reverse)
     f32 = torch.float32
@@ -142,11 +141,26 @@ def _fused_inference(u, delta, A, Bm, Cm, D, z, delta_bias, delta_softplus: bool
     return y.transpose(1, 2).to(u.dtype)
 
 
+_HELPERS: tuple[Any, ...] = ()
+
+
+def _registry_helpers() -> tuple[Any, ...]:
+    """The PyTorch helpers of :mod:`vtr.encoders.selective_scan` this backend shares, imported once (not per call:
+    a forward does no import)."""
+    global _HELPERS
+    if not _HELPERS:
+        from vtr.encoders.selective_scan import _epilogue, _no_autocast, _prepare_delta, selective_scan_chunked
+
+        _HELPERS = (_epilogue, _no_autocast, _prepare_delta, selective_scan_chunked)
+    return _HELPERS
+
+
 def register() -> None:
     """Register the ``numba`` backend (the reference causal conv, F.conv1d, is already fast on CPU)."""
     from vtr.encoders.selective_scan import register_backend
 
     register_backend("numba", scan_direction, is_available)
+    _registry_helpers()
 
 
 def scan_direction(d: ScanDirection, z: torch.Tensor | None = None, delta_softplus: bool = True,

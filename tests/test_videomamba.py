@@ -476,6 +476,7 @@ def test_forward_does_no_backend_resolution_import_or_env_read(monkeypatch):
     model = tiny_encoder(scan_backend=None)
     model.to(torch.float32)  # .to() resolves again (and may read $VTR_SCAN_BACKEND): before counting
     video = torch.randn(2, 4, 3, 32, 32)
+    model(video).pooled.sum().backward()  # first use: a backend may load its kernels once (numba compiles them)
     seen = _count_host_work(monkeypatch)
     with torch.no_grad():
         model.eval()(video)
@@ -492,7 +493,7 @@ def test_backend_is_resolved_on_build_move_and_set(monkeypatch):
 
     monkeypatch.delenv(ss.ENV_VAR, raising=False)
     model = tiny_encoder(scan_backend=None)
-    assert {layer.mixer.ops.name for layer in model.layers} == {"chunked"}
+    assert {layer.mixer.ops.name for layer in model.layers} == {ss.resolve_backend(None, "cpu")}  # numba or chunked
     monkeypatch.setenv(ss.ENV_VAR, "reference")
     model.to("cpu")  # a move re-resolves (here: the environment changed)
     assert {layer.mixer.ops.name for layer in model.layers} == {"reference"}
