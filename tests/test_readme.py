@@ -28,6 +28,7 @@ NOT_RUN = [
     (r"^vtr models import videomamba_m16_\w+\.pth\b", "needs the official checkpoint (a 381 MB download)"),
     (r"^vtr eval (msrvtt|didemo|anet|lsmdc|msvd)\b", "needs the benchmark's videos and annotations"),
     (r"teacher\.weights=|trainer\.devices=8", "needs CLIP teacher weights and 8 GPUs"),
+    (r"^vtr serve\b", "a server that runs until stopped (tests/test_serve.py and the browser test drive it)"),
 ]
 SLOW = [r"^vtr synth worlds/shapes -n 1500\b", r"^vtr train shapes_tiny\b"]  # minutes on a CPU: slow runs only
 OFFICIAL = "videomamba_m16_25M_f8_res224"  # the README's model name; the test installs a tiny model under it
