@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -208,9 +209,11 @@ def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(lib):
         calls = []
         real = library.search
 
-        def slow_search(texts, **kw):  # long enough for the other requests to queue up behind the first
+        def slow_search(texts, **kw):  # the first batch waits until every other request has queued behind it
             calls.append(len(texts))
-            threading.Event().wait(0.3)
+            deadline = time.monotonic() + 30
+            while len(calls) == 1 and len(backend._queue) < len(queries) - 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
             return real(texts, **kw)
 
         library.search = slow_search

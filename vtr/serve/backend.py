@@ -106,8 +106,8 @@ class Backend:
     def search(self, q: str, k: int, rerank: bool, nprobe: int | None) -> list[dict[str, Any]]:
         """Text search. Queries that arrive while another search runs are answered together in one batch
         (one text-encoder call, one FAISS call), which is what lets concurrent clients share the CPU."""
-        store = self._store()
         if rerank:
+            store = self._store()
             with self._lock:
                 store.nprobe = nprobe
                 return self.records(self.library.search(q, k=k, rerank=True)[0])
@@ -125,7 +125,7 @@ class Backend:
                 batch = [x for x in self._queue if x.nprobe == item.nprobe][:MAX_BATCH]
                 self._queue = [x for x in self._queue if x not in batch]
             try:
-                self._run_batch(store, batch)
+                self._run_batch(batch)
             finally:
                 with self._queue_cv:
                     self._batch_running = False
@@ -134,8 +134,11 @@ class Backend:
             raise item.error
         return self.records(item.hits)
 
-    def _run_batch(self, store, batch: list[_Pending]) -> None:
+    def _run_batch(self, batch: list[_Pending]) -> None:
+        """Answer ``batch`` with one search. The store is looked up here, not before queueing: a request waiting
+        for the store's lock behind a running batch could not join the next one."""
         try:
+            store = self._store()
             with self._lock:
                 store.nprobe = batch[0].nprobe  # this batch's (None: the index's default), not the last request's
                 results = self.library.search([x.q for x in batch], k=max(x.k for x in batch))
