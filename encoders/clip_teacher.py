@@ -118,7 +118,10 @@ class CLIPTeacher(nn.Module):
         ``.safetensors`` or OpenAI's TorchScript ``.pt`` archives. All vision keys must be present.
         """
         name = "state dict" if isinstance(source, Mapping) else repr(str(source))
-        sd = unwrap_state_dict(dict(source), source=name) if isinstance(source, Mapping) else _read_weights(source)
+        if isinstance(source, Mapping):
+            sd = unwrap_state_dict(dict(source), source=name)
+        else:
+            sd = read_teacher_weights(source)
         sd, notes = self._convert(sd, name)
         result = self.visual.load_state_dict(sd, strict=False)
         if result.missing_keys or result.unexpected_keys:
@@ -269,7 +272,7 @@ def _is_torchscript(path: str | os.PathLike) -> bool:
         return False
 
 
-def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_teacher_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a weights file; OpenAI's original ``.pt`` files are TorchScript archives."""
     if not (Path(path).is_file() and _is_torchscript(path)):
         return read_checkpoint(path)

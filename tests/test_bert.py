@@ -13,7 +13,6 @@ from vtr.compat import ensure_torchvision
 from vtr.encoders.bert import (
     FusionLayer,
     TextEncoder,
-    count_parameters,
     create_text_encoder,
     load_text_state_dict,
     load_tokenizer,
@@ -22,6 +21,7 @@ from vtr.encoders.bert import (
     tokenize,
 )
 from vtr.errors import CheckpointError, ConfigError
+from vtr.model.registry import count_parameters
 
 SENTENCES = [
     "A man is playing a guitar on a stage.",

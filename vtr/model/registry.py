@@ -52,7 +52,7 @@ def save_model_dir(model: RetrievalModel, path: str | os.PathLike, source: str =
         save_model(model, str(tmp / WEIGHTS_FILE))
         info = {"vtr_version": vtr.__version__, "weights_sha256": sha256_file(tmp / WEIGHTS_FILE), "source": source,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "parameters": sum(p.numel() for p in model.parameters()), **meta}
+                "parameters": count_parameters(model), **meta}
         (tmp / META_FILE).write_text(json.dumps(info, indent=2))
         if path.exists():
             shutil.rmtree(path)
@@ -90,8 +90,16 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device | None = 
     return model.to(device) if device is not None else model
 
 
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (a tied tensor counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def _tied(key: str) -> bool:
-    return key == "text_encoder.cls.predictions.decoder.weight"
+    """The MLM decoder weight: tied to the word embeddings (one tensor), so never missing on its own."""
+    from vtr.encoders.bert_keys import DECODER_KEY
+
+    return key == f"text_encoder.{DECODER_KEY}"
 
 
 # ---------------------------------------------------------------------------------------------- data-home registry
@@ -245,10 +253,10 @@ def _untied(model: RetrievalModel) -> bool:
 
 def mlm_decoder_differs(sd: dict) -> bool:
     """True when a checkpoint's MLM decoder weight is not its word-embedding matrix (they are tied in BERT)."""
-    from vtr.encoders.bert import normalize_text_keys
+    from vtr.encoders.bert_keys import DECODER_KEY, WORD_EMBEDDINGS_KEY, normalize_text_keys
 
     text = normalize_text_keys({k: v for k, v in sd.items() if k.startswith("text_encoder.")})
-    word, decoder = text.get("embeddings.word_embeddings.weight"), text.get("cls.predictions.decoder.weight")
+    word, decoder = text.get(WORD_EMBEDDINGS_KEY), text.get(DECODER_KEY)
     if word is None or decoder is None:
         return False
     return tuple(word.shape) != tuple(decoder.shape) or not torch.equal(decoder.to(word.dtype), word)
@@ -288,4 +296,4 @@ def import_official_checkpoint(
     out = save_model_dir(model, models_root(home) / name, source=str(file.resolve()), source_sha256=weights_sha)
     register_model(name, out, home, make_default=make_default)
     return {"name": name, "path": str(out), "source_sha256": weights_sha, "num_frames": cfg.num_frames,
-            "parameters": sum(p.numel() for p in model.parameters()), "report": report}
+            "parameters": count_parameters(model), "report": report}

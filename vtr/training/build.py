@@ -94,13 +94,13 @@ def build_retrieval_model(cfg: TrainConfig) -> RetrievalModel:
     if vision_path is not None:
         load_vision_weights(model, vision_path)
     if m.pretrained is not None:
-        from vtr.model.registry import load_model_dir, load_official_weights, resolve_model_path
+        from vtr.model.registry import _tied, load_model_dir, load_official_weights, resolve_model_path
 
         path = resolve_model_path(m.pretrained)
         if path is not None:
             src = load_model_dir(path)
             missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
-            missing = [k for k in missing if k != "text_encoder.cls.predictions.decoder.weight"]
+            missing = [k for k in missing if not _tied(k)]
             if missing or unexpected:
                 raise ConfigError(f"model.pretrained {m.pretrained!r} does not fit model.arch {m.arch!r}: missing "
                                   f"{missing[:4]}, unexpected {unexpected[:4]}")

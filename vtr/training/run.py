@@ -30,6 +30,7 @@ import torch
 from vtr.compat import ensure_torchvision
 from vtr.errors import ConfigError
 from vtr.home import data_home
+from vtr.model.registry import count_parameters
 from vtr.runtime import set_offline
 from vtr.training.config import TrainConfig, check_runnable, load_config, save_config, to_dict
 
@@ -252,7 +253,7 @@ def train(config: str | os.PathLike | dict | TrainConfig = "shapes_tiny", overri
         "fit_s": round(fit_s, 3),
         "wall_s": round(wall_s, 3),
         "world_size": int(trainer.world_size),
-        "parameters": sum(p.numel() for p in module.model.parameters()),
+        "parameters": count_parameters(module.model),
         "resumed_from": ckpt_path,
     }
     if trainer.is_global_zero and cfg.video_only:
