@@ -384,12 +384,7 @@ def test_two_process_ddp_on_cpu_matches_single_process_vtc(world, tmp_path):
             "trainer.strategy=ddp"]
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
-    import socket
-
-    with socket.socket() as sock:  # a port free now, for the gloo rendezvous (Lightning's own pick can collide)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "home"), str(tmp_path / "run"), *opts],
                           capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
