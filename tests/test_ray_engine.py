@@ -96,7 +96,7 @@ def test_ray_engine_matches_local_engine(setup, cluster, tmp_path):
     assert report.failed[0]["path"].endswith("broken.mp4")
     assert_same_rows(catalog_rows(tmp_path / "h"), want)
     again = lib.index([videos], engine="ray", progress=False)  # incremental: the same plan as the local engine
-    assert (again.indexed, again.unchanged) == (0, 13)
+    assert (again.indexed, again.unchanged, len(again.known_failures)) == (0, 12, 1)  # the broken file: known
     status = lib.status()
     assert status["vectors"] == status["faiss_vectors"] == status["segments"] == 12
     hit = lib.search("a red circle moves left", k=1)[0][0]
@@ -153,7 +153,7 @@ def test_kill_9_of_the_driver_then_rerun_resumes(setup, cluster, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     # the 10 videos not committed before the kill; the broken file failed then or now (failures are not retried)
-    assert report["indexed"] == 10 and report["indexed"] + report["unchanged"] == 13
+    assert report["indexed"] == 10 and report["indexed"] + report["unchanged"] + report["failed"] == 13
     assert_same_rows(catalog_rows(home), want)
     status = Library(home=home).status()
     assert status["vectors"] == status["faiss_vectors"] == status["segments"] == 12

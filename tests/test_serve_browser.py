@@ -100,7 +100,7 @@ def test_search_click_and_play_from_the_segment_start(server, browser, tmp_path)
     page.keyboard.press("Enter")
     page.wait_for_selector("#results .hit")
     cards = page.locator("#results .hit")
-    assert cards.count() == min(20, segments) == len(expected)
+    assert cards.count() == len(expected) <= min(20, segments)  # neighbouring windows collapse into one hit
     # the hits in the library's order: file name, start-end and score of each
     for i, hit in enumerate(expected):
         text = cards.nth(i).inner_text()
