@@ -24,6 +24,7 @@ from typing import Any
 
 from vtr.errors import ConfigError, StorageError, VtrError, storage_error
 from vtr.index.catalog import CATALOG_FILE
+from vtr.index.durable import fsync_dir
 from vtr.index.integrity import quick_check, readonly_connect, remove_stale_temp_files, writable_home
 from vtr.index.lock import FileLock
 
@@ -35,15 +36,6 @@ _COPY_LOCK = ".safety-copy.lock"
 
 def safety_copy_path(home: Path) -> Path:
     return home / SAFETY_COPY
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def save_safety_copy(home: Path) -> Path:
@@ -71,7 +63,7 @@ def save_safety_copy(home: Path) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(home)
+        fsync_dir(home, best_effort=True)
     finally:
         lock.release()
     return final
@@ -193,7 +185,7 @@ def _restore(copy: Path, catalog: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(catalog.parent)
+    fsync_dir(catalog.parent, best_effort=True)
 
 
 def _index_names(home: Path) -> set[str]:

@@ -37,6 +37,7 @@ import faiss
 import numpy as np
 
 from vtr.errors import IndexCorruptError
+from vtr.index.durable import fsync_dir
 from vtr.runtime import resolve_device
 
 __all__ = ["IndexCorruptError", "VectorIndex", "normalize", "torch_search"]
@@ -163,16 +164,6 @@ def _min_train_points(index: Any) -> int:
     if pq is not None:
         need = max(need, int(pq.ksub))
     return need
-
-
-def _fsync_dir(folder: str | os.PathLike) -> None:
-    if os.name != "posix":  # pragma: no cover - Windows cannot open folders
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def faiss_reason(exc: BaseException) -> str:
@@ -536,7 +527,7 @@ class VectorIndex:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return digest.hexdigest()
 
     @classmethod

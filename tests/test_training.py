@@ -226,6 +226,38 @@ def test_train_dataset_images_expand_captions_and_bad_files(tmp_path, world, cap
     assert not torch.equal(ds[(0, 0)]["video"], ds[(0, 1)]["video"])  # new crop / frames each epoch
 
 
+def test_validation_reads_through_the_inference_clip_loader(tmp_path, world, caplog):
+    """Validation decodes with the loader of `vtr index` / `vtr eval` (ClipDataset): the same clips the training
+    dataset gives with ``middle`` sampling and the eval transform; images are one-frame clips; a bad file is
+    logged and left out of the batch (its index missing), never raised."""
+    from PIL import Image
+
+    from vtr.data.clips import ClipDataset, ClipRequest
+    from vtr.data.datasets import VideoCaptionDataset
+    from vtr.data.decode import read_image
+    from vtr.data.transforms import eval_transform
+    from vtr.training.data import ValCollate
+
+    entries = json.loads((world / "test.json").read_text())[:3]
+    videos = world / "videos"
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    requests = [ClipRequest(str(videos / e["video"])) for e in entries]
+    requests.insert(1, ClipRequest(str(tmp_path / "broken.mp4")))
+    clips = ClipDataset(requests, num_frames=4, size=32, strategy="middle")
+    with caplog.at_level(logging.WARNING):
+        batch = ValCollate()([clips[i] for i in range(len(clips))])
+    assert batch["index"].tolist() == [0, 2, 3] and batch["video"].shape == (3, 4, 3, 32, 32)
+    assert any("broken.mp4" in r.message for r in caplog.records)
+    reference = VideoCaptionDataset(entries, videos, num_frames=4, strategy="middle",
+                                    transform=lambda f: eval_transform(f, 32))
+    torch.testing.assert_close(batch["video"], torch.stack([reference[i]["video"] for i in range(3)]), rtol=0, atol=0)
+
+    Image.fromarray(np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3)).save(tmp_path / "im.png")
+    image = ClipDataset([ClipRequest(str(tmp_path / "im.png"))], num_frames=4, size=32)[0]["video"]
+    assert image.shape == (1, 1, 3, 32, 32)
+    torch.testing.assert_close(image[0], eval_transform(read_image(tmp_path / "im.png"), 32), rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------------------------------------------- model
 
 

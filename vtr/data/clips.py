@@ -1,10 +1,11 @@
-"""The one inference clip loader: decode ``middle`` frames + the eval transform, for indexing and evaluation.
+"""The one inference clip loader: decode ``middle`` frames + the eval transform, for indexing, evaluation and
+training-time validation.
 
 One item per video. A video is optionally cut into time windows (a :class:`~vtr.segmentation.SegmentPolicy`:
 one clip per window, for indexing long videos; decoded in chunks of a bounded number of windows) and optionally
 content-hashed in the worker (the catalog's change key). Bad files come back as an ``error`` item with the typed
-reason, never raised. Items can be grouped several per loader item (one shared-memory transfer instead of one per
-video).
+reason, never raised. A still image (``.jpg``, ``.png``, ...) is a one-frame clip. Items can be grouped several
+per loader item (one shared-memory transfer instead of one per video).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from vtr.data.decode import probe_video, read_frames
+from vtr.data.decode import is_image_path, probe_video, read_frames, read_image
 from vtr.data.transforms import eval_transform
 from vtr.errors import VideoDecodeError
 from vtr.hashing import sha256_file
@@ -58,13 +59,14 @@ class ClipDataset(Dataset):
     ``dtype``: what the clips travel as (``float16`` halves the shared-memory traffic of indexing).
     ``max_windows``: :meth:`video_items` decodes a video in chunks of at most this many windows, so the memory
     of a worker does not grow with the length of the video (``__getitem__`` joins the chunks).
+    ``backend``: the decoder (:data:`vtr.data.decode.BACKENDS`). A still image (not probed) gives ``T = 1``.
     """
 
     def __init__(self, requests: Sequence[ClipRequest], num_frames: int = 8, size: int = 224,
                  max_seconds: float | None = None, strategy: str = "middle", segment: float | None = None,
                  stride: float | None = None, probe: bool = False, hash_content: bool = False,
                  dtype: torch.dtype = torch.float32, policy: SegmentPolicy | None = None,
-                 max_windows: int = 16) -> None:
+                 max_windows: int = 16, backend: str = "auto") -> None:
         self.requests = list(requests)
         self.num_frames, self.size, self.max_seconds, self.strategy = num_frames, size, max_seconds, strategy
         if policy is None and segment:
@@ -74,6 +76,7 @@ class ClipDataset(Dataset):
         if max_windows < 1:
             raise ValueError(f"max_windows must be >= 1, got {max_windows}")
         self.max_windows = int(max_windows)
+        self.backend = backend
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -85,6 +88,12 @@ class ClipDataset(Dataset):
         if self.policy is None:
             return info, [(0.0, float(info.duration))]
         return info, self.policy.windows(info.duration, info.fps)
+
+    def _frames(self, req: ClipRequest, window: tuple[float, float] | None) -> Any:
+        if not self.probe and is_image_path(req.path):
+            return read_image(req.path)
+        return read_frames(req.path, self.num_frames, self.strategy, max_seconds=self.max_seconds, window=window,
+                           backend=self.backend).frames
 
     def video_items(self, i: int) -> Iterator[dict[str, Any]]:
         """Video ``i`` as chunks of at most ``max_windows`` clips, in window order.
@@ -100,10 +109,7 @@ class ClipDataset(Dataset):
             total = len(windows)
             for first in range(0, total, self.max_windows):
                 part = windows[first:first + self.max_windows]
-                clips = [eval_transform(read_frames(req.path, self.num_frames, self.strategy,
-                                                    max_seconds=self.max_seconds,
-                                                    window=None if single else w).frames, self.size)
-                         for w in part]
+                clips = [eval_transform(self._frames(req, None if single else w), self.size) for w in part]
                 item: dict[str, Any] = {"i": i, "info": info, "windows": part, "first": first, "total": total,
                                         "video": torch.stack(clips).to(self.dtype)}
                 del clips

@@ -15,8 +15,9 @@ decoded is logged once (per worker) and replaced by another sample of the same s
 Video-only training (``stage1_masked``: no text loss): ``data.videos`` (a folder, searched recursively) or the
 annotation files' videos, with their captions ignored; batches hold no tokens.
 
-Validation: ``middle`` sampling and the eval transform; each rank encodes a shard of the videos (see
-:class:`ShardSampler`); the texts are encoded by the module at the end of validation.
+Validation: the inference clip loader of indexing and evaluation (:class:`vtr.data.clips.ClipDataset`: ``middle``
+sampling and the eval transform); each rank encodes a shard of the videos (see :class:`ShardSampler`); the texts
+are encoded by the module at the end of validation.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -33,10 +33,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vtr.compat import ensure_torchvision
-from vtr.data.datasets import VideoCaptionDataset, _captions_of, _media_of, collate_skip_none, load_annotations
+from vtr.data.clips import ClipDataset, ClipRequest
+from vtr.data.datasets import VideoCaptionDataset, _captions_of, _media_of, load_annotations
 from vtr.data.decode import read_frames, read_image
 from vtr.data.text import pre_text
-from vtr.data.transforms import eval_transform, train_transform
+from vtr.data.transforms import train_transform
 from vtr.errors import ConfigError, VideoDecodeError
 from vtr.training.config import DataSource, TrainConfig, resolve_data
 
@@ -277,6 +278,21 @@ class TrainCollate:
         }
 
 
+class ValCollate:
+    """Stack validation clips (:class:`~vtr.data.clips.ClipDataset` items) as ``{"video", "index"}``; a file that
+    cannot be decoded is logged and left out (the module counts what is missing; picklable)."""
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+        for item in items:
+            if "error" in item:
+                log.warning("skipping %s", item["message"])
+        items = [item for item in items if "error" not in item]
+        if not items:
+            return None
+        return {"video": torch.cat([item["video"] for item in items]),
+                "index": torch.tensor([item["i"] for item in items], dtype=torch.long)}
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader that Lightning treats as resumable: the position in the batch stream is recovered from
     Lightning's restored batch counter (:class:`MediaBatchSampler` ``position_fn``), so the state itself is empty."""
@@ -314,7 +330,7 @@ class RetrievalDataModule(L.LightningDataModule):
             self.val_source = None  # no captions to retrieve
         self.train_set: KeyedConcat | None = None
         self.batch_sampler: MediaBatchSampler | None = None
-        self.val_set: VideoCaptionDataset | None = None
+        self.val_set: ClipDataset | None = None
         self.val_texts: list[str] = []
         self.val_txt2vid: list[int] = []
         self.val_vid2txt: list[list[int]] = []
@@ -360,9 +376,10 @@ class RetrievalDataModule(L.LightningDataModule):
         if self.cfg.data.val_max_videos is not None:
             entries = entries[: self.cfg.data.val_max_videos]
         detect_media(entries, src.media, f"annotation file {src.anno!r}")
-        transform = partial(eval_transform, size=self.img_size)
-        self.val_set = VideoCaptionDataset(entries, src.root, num_frames=self.num_frames, strategy="middle",
-                                           transform=transform, caption_mode="first", backend=self.cfg.data.backend)
+        # the inference clip loader of `vtr index` / `vtr eval` (middle frames, eval transform): one code path
+        self.val_set = ClipDataset([ClipRequest(os.path.join(src.root, _media_of(e)[0])) for e in entries],
+                                   num_frames=self.num_frames, size=self.img_size, strategy="middle",
+                                   backend=self.cfg.data.backend)
         texts, txt2vid, vid2txt = [], [], []
         for v, entry in enumerate(entries):
             vid2txt.append([])
@@ -410,5 +427,5 @@ class RetrievalDataModule(L.LightningDataModule):
         kwargs = self._loader_kwargs()
         kwargs["persistent_workers"] = False
         return DataLoader(self.val_set, batch_size=self.cfg.data.val_batch_size,
-                          sampler=ShardSampler(len(self.val_set), rank, world), collate_fn=collate_skip_none,
+                          sampler=ShardSampler(len(self.val_set), rank, world), collate_fn=ValCollate(),
                           **kwargs)
