@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -85,12 +86,13 @@ def main() -> None:
             row = {"model": name, "backend": backend, **bench(model, args.frames, args.size, args.iters, args.budget)}
             if backend == "numba":  # the same model with a free scan: what is left is everything else
                 real = ss._BACKENDS["numba"]
-                ss._BACKENDS["numba"] = ss._Backend(lambda u, *a, **k: torch.zeros_like(u), real.is_available,
-                                                    real.conv_fn)
+                ss._BACKENDS["noscan"] = replace(real, name="noscan", scan=lambda d, *a: torch.zeros_like(d.u),
+                                                 bidirectional_scan=lambda f, b, z: torch.zeros_like(f.u))
+                model.set_scan_backend("noscan")
                 try:
                     rest = bench(model, args.frames, args.size, args.iters, args.budget)["cpu_s_per_clip"]
                 finally:
-                    ss._BACKENDS["numba"] = real
+                    del ss._BACKENDS["noscan"]
                 row["without_scan_cpu_s"] = rest
                 row["scan_share"] = round(1 - rest / row["cpu_s_per_clip"], 3) if row["cpu_s_per_clip"] else None
             print(row, flush=True)
