@@ -33,6 +33,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8, help="decode workers of the local engine")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--videos-per-task", type=int, default=4, help="videos per Ray decode task")
+    ap.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs each decode task reserves")
+    ap.add_argument("--gpus-per-actor", type=float, default=1.0, help="below 1: several encoder actors per GPU")
+    ap.add_argument("--object-store-gb", type=float, default=None, help="Ray object store size (default: Ray's)")
+    ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator statistics of each round")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--ray-address", default=None)
     ap.add_argument("--world-workers", type=int, default=None, help="processes writing the synthetic world")
@@ -40,6 +44,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="ray_index_speed")
     args = ap.parse_args()
+    if args.stats:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        logging.getLogger("vtr.engines.ray_engine").setLevel(logging.INFO)
 
     import ray
     import torch
@@ -63,9 +72,11 @@ def main() -> None:
                                 text_pretrained=False)
             model_ref = str(save_model_dir(model, tmp / "model"))
         t0 = time.perf_counter()
-        ray.init(address=args.ray_address, include_dashboard=False, logging_level="WARNING")
+        ray.init(address=args.ray_address, include_dashboard=False, logging_level="WARNING",
+                 object_store_memory=int(args.object_store_gb * 2**30) if args.object_store_gb else None)
         ray_init_s = time.perf_counter() - t0
-        resources = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+        resources = {k: v for k, v in ray.cluster_resources().items()
+                     if k in ("CPU", "GPU", "memory", "object_store_memory")}
         rounds = []
         for r in range(args.repeats):
             row = {}
@@ -73,7 +84,10 @@ def main() -> None:
                 lib = Library(home=tmp / f"home_{engine}_{r}", model=model_ref, device=args.device)
                 lib.model  # noqa: B018  (loaded before timing, as the local engine's warm process would be)
                 report = lib.index([folder], workers=args.workers, batch_size=args.batch_size, progress=False,
-                                   engine=engine, ray_options=RayOptions(videos_per_task=args.videos_per_task))
+                                   engine=engine, ray_options=RayOptions(videos_per_task=args.videos_per_task,
+                                                                         gpus_per_actor=args.gpus_per_actor,
+                                                                         decode_cpus=args.decode_cpus,
+                                                                         log_stats=args.stats))
                 row[engine] = {"videos_per_s": report.videos_per_s, "wall_s": report.wall_s,
                                "indexed": report.indexed, "failed": len(report.failed), "segments": report.segments}
                 print(r, engine, row[engine], flush=True)

@@ -177,8 +177,14 @@ class Library:
 
     @torch.no_grad()
     def _encode_clips(self, video: torch.Tensor) -> torch.Tensor:
+        """Embeddings of clips ``[B, T, 3, H, W]``: normalised floats, or uint8 pixels (:func:`eval_pixels`),
+        which are moved as bytes and normalised on the model's device."""
         model = self.model
         dtype = next(model.parameters()).dtype
+        if video.dtype == torch.uint8:
+            from vtr.data.transforms import normalize
+
+            video = normalize(video.to(self.device, non_blocking=True).float())
         return model.encode_video(video.to(self.device, dtype, non_blocking=True)).embeds
 
     @torch.no_grad()
@@ -304,7 +310,7 @@ class Library:
             model = self.model
             clips = ClipDataset([ClipRequest(p.path, content_hash=p.content_hash) for p in todo], frames,
                                 model.cfg.img_size, policy=policy, probe=True, hash_content=True,
-                                dtype=torch.float16, max_windows=max_windows or batch_size)
+                                dtype=torch.uint8, max_windows=max_windows or batch_size)
             loader = clip_loader(clips, workers, pin_memory=self.device.type == "cuda",
                                  videos_per_item=max(1, min(8, batch_size)))
             pending: list[dict[str, Any]] = []  # decoded chunks waiting for a full encoder batch

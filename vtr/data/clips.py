@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from vtr.data.decode import is_image_path, probe_video, read_frames, read_image
-from vtr.data.transforms import eval_transform
+from vtr.data.transforms import eval_pixels, eval_transform
 from vtr.errors import VideoDecodeError
 from vtr.hashing import sha256_file
 from vtr.segmentation import SegmentPolicy, WindowTooShortError
@@ -56,7 +56,9 @@ class ClipDataset(Dataset):
     (:class:`~vtr.segmentation.SegmentPolicy`; default: whole videos). ``segment``/``stride`` are the older
     spelling of a policy: windows of ``segment`` every ``stride`` seconds for videos longer than ``segment``.
     ``hash_content``: compute each file's sha256 in the worker (unless the request has it).
-    ``dtype``: what the clips travel as (``float16`` halves the shared-memory traffic of indexing).
+    ``dtype``: what the clips travel as: ``torch.uint8`` gives the resized pixels before normalisation
+    (:func:`~vtr.data.transforms.eval_pixels`, exact, a quarter of float32's bytes: indexing normalises them on
+    the encoder's device), a float dtype the normalised clip.
     ``max_windows``: :meth:`video_items` decodes a video in chunks of at most this many windows, so the memory
     of a worker does not grow with the length of the video (``__getitem__`` joins the chunks).
     ``backend``: the decoder (:data:`vtr.data.decode.BACKENDS`). A still image (not probed) gives ``T = 1``.
@@ -109,7 +111,8 @@ class ClipDataset(Dataset):
             total = len(windows)
             for first in range(0, total, self.max_windows):
                 part = windows[first:first + self.max_windows]
-                clips = [eval_transform(self._frames(req, None if single else w), self.size) for w in part]
+                prepare = eval_pixels if self.dtype == torch.uint8 else eval_transform
+                clips = [prepare(self._frames(req, None if single else w), self.size) for w in part]
                 item: dict[str, Any] = {"i": i, "info": info, "windows": part, "first": first, "total": total,
                                         "video": torch.stack(clips).to(self.dtype)}
                 del clips

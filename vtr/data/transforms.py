@@ -68,6 +68,13 @@ def eval_transform(
     return normalize(resize_uint8_like(to_tchw(frames), _size_hw(size), antialias=antialias))
 
 
+def eval_pixels(frames: np.ndarray | torch.Tensor, size: SizeArg = 224, antialias: bool = False) -> torch.Tensor:
+    """The first half of :func:`eval_transform`: the resized pixels as uint8 ``[T, 3, size, size]`` (exact: the
+    resize rounds to integers), a quarter of float32's bytes to move between processes or to a GPU;
+    ``normalize(eval_pixels(f).float())`` equals ``eval_transform(f)`` bit for bit."""
+    return resize_uint8_like(to_tchw(frames), _size_hw(size), antialias=antialias).to(torch.uint8)
+
+
 def random_resized_crop_params(
     height: int,
     width: int,

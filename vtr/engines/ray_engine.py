@@ -47,7 +47,9 @@ _INFO_COLUMNS = ("num_frames", "fps", "duration", "width", "height", "backend")
 class RayOptions:
     """How to use the cluster. ``address``: ``ray.init`` address (None: ``RAY_ADDRESS`` or a local instance);
     ``actors``: encoder actors (default: one per GPU of the cluster, else ``cpu_actors``); ``actor_cpus``: CPUs
-    each encoder actor reserves (and uses as torch threads on CPU); ``videos_per_task``: videos per decode task."""
+    each encoder actor reserves (and uses as torch threads on CPU); ``gpus_per_actor`` below 1 puts several
+    actors on one GPU (their input batching and host-to-device copies overlap); ``videos_per_task``: videos per
+    decode task; ``log_stats``: log Ray Data's per-operator statistics at the end (INFO)."""
 
     address: str | None = None
     actors: int | None = None
@@ -56,6 +58,7 @@ class RayOptions:
     gpus_per_actor: float = 1.0
     videos_per_task: int = 4
     decode_cpus: float = 1.0
+    log_stats: bool = False
 
 
 def require_ray() -> Any:
@@ -80,10 +83,10 @@ def _decode(batch: dict[str, np.ndarray], *, frames: int, size: int, policy: Any
     torch.set_num_threads(1)
     reqs = [ClipRequest(str(p), content_hash=str(h) or None) for p, h in zip(batch["path"], batch["content_hash"],
                                                                               strict=True)]
-    dataset = ClipDataset(reqs, frames, size, policy=policy, probe=True, hash_content=True, dtype=torch.float16)
+    dataset = ClipDataset(reqs, frames, size, policy=policy, probe=True, hash_content=True, dtype=torch.uint8)
     cols: dict[str, list[Any]] = {k: [] for k in ("i", "w", "nw", "start_s", "end_s", "error", "message", "sha256",
                                                   *_INFO_COLUMNS, "clip")}
-    blank = np.zeros((frames, 3, size, size), np.float16)  # the clip column of a failure row (never encoded)
+    blank = np.zeros((frames, 3, size, size), np.uint8)  # the clip column of a failure row (never encoded)
     for j in range(len(dataset)):
         item = dataset[j]
         i = int(batch["i"][j])
@@ -100,7 +103,7 @@ def _decode(batch: dict[str, np.ndarray], *, frames: int, size: int, policy: Any
             for key in _INFO_COLUMNS:
                 cols[key].append(getattr(info, key) if info is not None else ("" if key == "backend" else 0))
     out = {k: np.asarray(v) for k, v in cols.items() if k != "clip"}
-    out["clip"] = np.stack(cols["clip"]) if cols["clip"] else np.zeros((0, frames, 3, size, size), np.float16)
+    out["clip"] = np.stack(cols["clip"]) if cols["clip"] else np.zeros((0, frames, 3, size, size), np.uint8)
     return out
 
 
@@ -259,7 +262,7 @@ def index_with_ray(lib: Any, store: Any, todo: Sequence[Any], report: Any, *, fr
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / opts.videos_per_task)))
     # ``memory`` (a scheduling hint: decoded clips of a task) also keeps Ray from fusing the decode tasks into the
     # encoder actors on CPU-only clusters, where both would otherwise ask for the same resources.
-    clip_bytes = frames * 3 * cfg.img_size * cfg.img_size * 2
+    clip_bytes = frames * 3 * cfg.img_size * cfg.img_size  # uint8 pixels
     ds = ds.map_batches(_decode, batch_size=opts.videos_per_task, num_cpus=opts.decode_cpus,
                         memory=max(256 << 20, 4 * opts.videos_per_task * clip_bytes),
                         fn_kwargs={"frames": frames, "size": cfg.img_size, "policy": policy})
@@ -274,5 +277,7 @@ def index_with_ray(lib: Any, store: Any, todo: Sequence[Any], report: Any, *, fr
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             writer.take(batch)
         writer.finish()
+        if opts.log_stats:
+            log.info("ray data statistics:\n%s", ds.stats())
     finally:
         bar.close()
