@@ -275,7 +275,9 @@ def index_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per encoder batch.")] = 16,
     device: DeviceOption = "auto",
     factory: Annotated[str | None, typer.Option(callback=check_factory, help="FAISS index_factory string for a new "
-                                                "index (Flat); for large libraries e.g. IVF1024,PQ64x4fs,RFlat.")
+                                                "index (Flat); for large libraries e.g. IVF1024,PQ64x4fs,RFlat; "
+                                                "ondisk:IVF65536,SQ8 keeps no index in RAM (searched on disk after "
+                                                "`vtr index ondisk`, see docs/scale.md).")
                        ] = None,
     prune: Annotated[bool, typer.Option(help="Remove vectors of files that no longer exist.")] = False,
     reindex: Annotated[bool, typer.Option(help="Drop the index's vectors and re-embed (model change).")] = False,
@@ -308,9 +310,7 @@ def index_cmd(
     if action in INDEX_ACTIONS and not paths[0].exists():
         if len(paths) > 1:
             raise ConfigError(f"`vtr index {action}` takes no paths (use --index NAME)")
-        if action == "ondisk":  # the out-of-core IVF index, built from the catalog
-            if not factory:
-                raise ConfigError("vtr index ondisk needs --factory, e.g. IVF65536,SQ8 (see docs/scale.md)")
+        if action == "ondisk":  # the out-of-core IVF index, built from the catalog (factory: an ondisk: index's own)
             from vtr.library import Library
 
             built = Library(home=home, index=index, db_url=db).build_ondisk(factory)
@@ -422,6 +422,9 @@ def search(
     all_windows: Annotated[bool, typer.Option("--all-windows", help="List every matching window of long videos "
                                               "(default: neighbouring windows are one hit, the best one's span).")
                            ] = False,
+    exact: Annotated[bool, typer.Option("--exact", help="Search the in-memory FAISS index even when an on-disk "
+                                        "index was built (`vtr index ondisk`): loads every vector into RAM.")
+                     ] = False,
     device: DeviceOption = "auto",
     db: DbOption = None,
     home: HomeOption = None,
@@ -441,7 +444,7 @@ def search(
     if not queries or any(not q.strip() for q in queries):
         raise ConfigError(f"no queries in {str(from_file)!r}" if from_file and not queries else
                           'empty query: say in words what to look for, e.g. vtr search "person chopping onions"')
-    lib = Library(home=home, index=index, model=model, device=device, db_url=db, nprobe=nprobe)
+    lib = Library(home=home, index=index, model=model, device=device, db_url=db, nprobe=nprobe, exact=exact)
     if video is not None:
         results = [lib.search_video(video, k, all_windows=all_windows)]
     else:
