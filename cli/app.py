@@ -345,19 +345,21 @@ def index_cmd(
 
 def _index_repair(paths: list[Path], index: str, model: str | None, device: str, workers: int, batch_size: int,
                   db: str | None, home: Path | None, as_json: bool) -> None:
-    """`vtr index repair [PATH...]`: restore the catalog's safety copy, re-check FAISS, re-index what changed."""
-    from vtr.errors import ConfigError
+    """`vtr index repair [PATH...]`: restore the catalog's safety copy, re-check FAISS, re-index what changed.
+    With --db (a database catalog) there is no copy to restore (the server's own backups are); the rest is done."""
     from vtr.index.repair import repair
+    from vtr.schema import repair_document
 
-    if db is not None:
-        raise ConfigError("`vtr index repair` restores the SQLite catalog of a data home; restore a --db database "
-                          "from its own backups")
     check_video_paths(paths)
-    report = repair(home, paths, index=index, model=model, device=device, workers=workers, batch_size=batch_size)
+    report = repair(home, paths, index=index, model=model, device=device, workers=workers, batch_size=batch_size,
+                    db_url=db)
     if as_json:
-        emit_json(report.to_dict())
+        emit_json(repair_document(report))
         return
-    if report.healthy:
+    if db is not None:
+        out.print(f"the catalog is the database {report.catalog}: nothing to restore here (use the database's own "
+                  "backups for that); FAISS files checked, files re-indexed", soft_wrap=True)
+    elif report.healthy:
         out.print(f"the catalog {report.catalog} is healthy: nothing restored")
     elif report.restored_from:
         out.print(f"restored the catalog from its safety copy of {report.copy_saved_at}; the damaged file is "
@@ -368,6 +370,7 @@ def _index_repair(paths: list[Path], index: str, model: str | None, device: str,
     for r in report.indexes:
         line = (f"index {r.name}: FAISS {r.faiss or 'new'}; re-indexed {r.indexed}, unchanged {r.unchanged}, "
                 f"failed {r.failed}, missing files {r.missing}")
+        line += f"; on-disk index {r.ondisk}" if r.ondisk else ""
         out.print(line + (f" [red]({r.error})[/red]" if r.error else ""))
 
 

@@ -43,8 +43,8 @@ import faiss
 import numpy as np
 import sqlalchemy as sa
 
-from vtr.errors import ConfigError
-from vtr.index.vector_index import default_nprobe, normalize, tune_faiss
+from vtr.errors import ConfigError, IndexCorruptError, VtrError
+from vtr.index.vector_index import default_nprobe, faiss_reason, normalize, tune_faiss
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,15 @@ def build_ondisk_from_catalog(store: Any, factory: str | None = None, *, train_s
 # --------------------------------------------------------------------------- searching
 
 
+class OnDiskIndexError(IndexCorruptError):
+    """An on-disk build that cannot be read (damaged, truncated, half-copied)."""
+
+    def __init__(self, folder: Path, detail: str) -> None:
+        self.path, self.detail = str(folder), " ".join(str(detail).split())
+        VtrError.__init__(self, f"the on-disk index {self.path!r} cannot be read ({self.detail}): rebuild it with "
+                          "`vtr index ondisk` (or `vtr index repair`)")
+
+
 class OnDiskIndex:
     """A built on-disk IVF index, opened memory-mapped (inner product over normalised vectors, vtr's ids)."""
 
@@ -277,9 +286,14 @@ class OnDiskIndex:
             self.info = OnDiskInfo(**json.loads((self.folder / META_FILE).read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"no on-disk index at {str(self.folder)!r} (build it with `vtr index ondisk`)") from exc
-        with _c_stdout_to_stderr():
-            self.index = faiss.read_index(str(self.folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
-        self.ivf = faiss.extract_index_ivf(self.index)
+        try:
+            with _c_stdout_to_stderr():
+                self.index = faiss.read_index(str(self.folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+            self.ivf = faiss.extract_index_ivf(self.index)
+        except RuntimeError as exc:  # a damaged or truncated file: FAISS's C++ reason
+            raise OnDiskIndexError(self.folder, faiss_reason(exc)) from exc
+        if not (self.folder / LISTS_FILE).exists() or int(self.index.ntotal) != self.info.ntotal:
+            raise OnDiskIndexError(self.folder, f"{LISTS_FILE} is missing or the build is incomplete")
         self.nprobe = nprobe or default_nprobe(int(self.ivf.nlist))
 
     @property

@@ -24,8 +24,10 @@ Large libraries (:mod:`vtr.index.ondisk`)
   the on-disk build never reads the ``.faiss`` file.
 * An index whose factory is ``ondisk:<IVF factory>`` keeps no in-memory FAISS index at all: writers commit
   vectors to the catalog only (no ``.faiss`` file is written; one left from before is deleted), and searches
-  go through the on-disk build, which ``vtr index ondisk`` (re)builds from the catalog. One writer per index at a time (a lock file in ``<home>/indexes/``); any number of read-only
-stores may read meanwhile, each seeing committed snapshots (SQLite WAL).
+  go through the on-disk build, which ``vtr index ondisk`` (re)builds from the catalog.
+
+One writer per index at a time (a lock file in ``<home>/indexes/``, or a PostgreSQL advisory lock); any number
+of read-only stores may read meanwhile, each seeing committed snapshots (SQLite WAL).
 """
 
 from __future__ import annotations
