@@ -381,9 +381,9 @@ class LibraryStore:
                 return record
             _check_model(record, model_name, weights_sha256, dim)
             if factory is not None and factory != record.factory:
-                log.info(
-                    "index %r: FAISS factory %r -> %r (rebuilt from stored embeddings)", name, record.factory, factory
-                )
+                log.info("index %r: FAISS factory %r -> %r (%s)", name, record.factory, factory,
+                         "no in-memory index from now on: `vtr index ondisk` builds what searches use"
+                         if ondisk_factory(factory) is not None else "rebuilt from stored embeddings")
                 record.factory = factory
                 record.faiss_checksum = None
                 record.updated_at = now
@@ -927,6 +927,8 @@ class LibraryStore:
         try:
             st = (self.ondisk_path / "meta.json").stat()
         except OSError:
+            if self._ondisk is not None and self.ondisk_path.with_name(self.ondisk_path.name + ".old").exists():
+                return self._ondisk  # a rebuild is swapping the folder this very moment: the open build still works
             self._ondisk, self._ondisk_key = None, None
             return None
         key = (st.st_ino, st.st_mtime_ns)
