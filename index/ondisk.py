@@ -285,6 +285,8 @@ class OnDiskIndex:
         try:
             self.info = OnDiskInfo(**json.loads((self.folder / META_FILE).read_text()))
         except (OSError, ValueError, TypeError) as exc:
+            if (self.folder / META_FILE).exists():  # there, but not what a build writes
+                raise OnDiskIndexError(self.folder, f"{META_FILE}: {exc}") from exc
             raise ConfigError(f"no on-disk index at {str(self.folder)!r} (build it with `vtr index ondisk`)") from exc
         try:
             with _c_stdout_to_stderr():
@@ -292,7 +294,7 @@ class OnDiskIndex:
             self.ivf = faiss.extract_index_ivf(self.index)
         except RuntimeError as exc:  # a damaged or truncated file: FAISS's C++ reason
             raise OnDiskIndexError(self.folder, faiss_reason(exc)) from exc
-        if not (self.folder / LISTS_FILE).exists() or int(self.index.ntotal) != self.info.ntotal:
+        if int(self.index.ntotal) != self.info.ntotal or (self.info.ntotal and not (self.folder / LISTS_FILE).exists()):
             raise OnDiskIndexError(self.folder, f"{LISTS_FILE} is missing or the build is incomplete")
         self.nprobe = nprobe or default_nprobe(int(self.ivf.nlist))
 
