@@ -85,7 +85,7 @@ def test_repair_rechecks_faiss_and_reindexes_only_changes(world, db, tmp_path, c
     if db:  # the database, named without a password; nothing restored there
         assert report["catalog"].startswith("postgresql+psycopg://vtr@127.0.0.1:")
     else:
-        assert report["catalog"] == str(tmp_path / "home" / "catalog.db")
+        assert report["catalog"] == str((tmp_path / "home" / "catalog.db").resolve())
     by_name = {r["name"]: r for r in report["indexes"]}
     default, big = by_name["default"], by_name["big"]
     assert default["faiss"].startswith("rebuilt:") and default["ondisk"] == ""
