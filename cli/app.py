@@ -315,7 +315,9 @@ def index_cmd(
 
             built = Library(home=home, index=index, db_url=db).build_ondisk(factory)
             if as_json:
-                emit_json(built)
+                from vtr.schema import document
+
+                emit_json(document("index ondisk", index=index, **built))
             else:
                 out.print(f"on-disk index {built['factory']}: {built['ntotal']} vectors in {built['build_s']} s, "
                           f"{built['disk_bytes'] / 2**20:.1f} MiB on disk, {built['ram_bytes'] / 2**20:.1f} MiB in RAM")

@@ -12,6 +12,8 @@ change) and ``command``. The shapes (:data:`JSON_SCHEMA` is the machine-readable
   ``failed``, ``failed_before``), ``failures`` and timing.
 * ``index status``: the index's model, counts, sizes, ``catalog_schema_version``, ``failed`` and ``failures``.
 * ``index list``: ``{"indexes": [...]}``; ``index remove``: ``{"removed": NAME}``.
+* ``index ondisk``: the build (:class:`vtr.index.ondisk.OnDiskInfo`): ``index``, ``factory``, ``ntotal``,
+  ``nlist``, ``disk_bytes``, ``ram_bytes`` (what a searcher holds), ``build_s``, ``generation``.
 * ``index repair``: ``catalog`` (the SQLite file, or the ``--db`` URL without its password), ``healthy``,
   ``restored_from``, ``copy_saved_at``, ``damaged_moved_to``, ``rebuilt`` (SQLite only: null / false with a
   database catalog, which has no safety copy) and ``indexes``: per index ``name``, ``model``, ``faiss`` (``kept``,
@@ -137,7 +139,7 @@ JSON_SCHEMA: dict[str, Any] = {
     "required": ["schema_version", "command"],
     "properties": {"schema_version": {"const": SCHEMA_VERSION},
                    "command": {"enum": ["search", "index", "index status", "index list", "index remove",
-                                        "index repair"]}},
+                                        "index repair", "index ondisk"]}},
     "allOf": [
         _command("search", ["index", "queries"], {
             "index": {"type": "string"},
@@ -166,6 +168,10 @@ JSON_SCHEMA: dict[str, Any] = {
         _command("index list", ["indexes"], {"indexes": {"type": "array", "items": {
             "type": "object", "required": ["name", "model_name", "vector_count", "videos"]}}}),
         _command("index remove", ["removed"], {"removed": {"type": "string"}}),
+        _command("index ondisk", ["index", "factory", "ntotal", "nlist", "disk_bytes", "ram_bytes"], {
+            "index": {"type": "string"}, "factory": {"type": "string"},
+            **{k: _COUNT for k in ("ntotal", "nlist", "disk_bytes", "ram_bytes")},
+        }),
         _command("index repair", ["catalog", "healthy", "restored_from", "rebuilt", "indexes"], {
             "catalog": {"type": "string"}, "healthy": {"type": "boolean"},
             "restored_from": {"type": ["string", "null"]}, "copy_saved_at": {"type": ["string", "null"]},
