@@ -275,7 +275,9 @@ def index_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per encoder batch.")] = 16,
     device: DeviceOption = "auto",
     factory: Annotated[str | None, typer.Option(callback=check_factory, help="FAISS index_factory string for a new "
-                                                "index (Flat); for large libraries e.g. IVF1024,PQ64x4fs,RFlat.")
+                                                "index (Flat); for large libraries e.g. IVF1024,PQ64x4fs,RFlat; "
+                                                "ondisk:IVF65536,SQ8 keeps no index in RAM (searched on disk after "
+                                                "`vtr index ondisk`, see docs/scale.md).")
                        ] = None,
     prune: Annotated[bool, typer.Option(help="Remove vectors of files that no longer exist.")] = False,
     reindex: Annotated[bool, typer.Option(help="Drop the index's vectors and re-embed (model change).")] = False,
@@ -308,14 +310,14 @@ def index_cmd(
     if action in INDEX_ACTIONS and not paths[0].exists():
         if len(paths) > 1:
             raise ConfigError(f"`vtr index {action}` takes no paths (use --index NAME)")
-        if action == "ondisk":  # the out-of-core IVF index, built from the catalog
-            if not factory:
-                raise ConfigError("vtr index ondisk needs --factory, e.g. IVF65536,SQ8 (see docs/scale.md)")
+        if action == "ondisk":  # the out-of-core IVF index, built from the catalog (factory: an ondisk: index's own)
             from vtr.library import Library
 
             built = Library(home=home, index=index, db_url=db).build_ondisk(factory)
             if as_json:
-                emit_json(built)
+                from vtr.schema import document
+
+                emit_json(document("index ondisk", index=index, **built))
             else:
                 out.print(f"on-disk index {built['factory']}: {built['ntotal']} vectors in {built['build_s']} s, "
                           f"{built['disk_bytes'] / 2**20:.1f} MiB on disk, {built['ram_bytes'] / 2**20:.1f} MiB in RAM")
@@ -345,19 +347,21 @@ def index_cmd(
 
 def _index_repair(paths: list[Path], index: str, model: str | None, device: str, workers: int, batch_size: int,
                   db: str | None, home: Path | None, as_json: bool) -> None:
-    """`vtr index repair [PATH...]`: restore the catalog's safety copy, re-check FAISS, re-index what changed."""
-    from vtr.errors import ConfigError
+    """`vtr index repair [PATH...]`: restore the catalog's safety copy, re-check FAISS, re-index what changed.
+    With --db (a database catalog) there is no copy to restore (the server's own backups are); the rest is done."""
     from vtr.index.repair import repair
+    from vtr.schema import repair_document
 
-    if db is not None:
-        raise ConfigError("`vtr index repair` restores the SQLite catalog of a data home; restore a --db database "
-                          "from its own backups")
     check_video_paths(paths)
-    report = repair(home, paths, index=index, model=model, device=device, workers=workers, batch_size=batch_size)
+    report = repair(home, paths, index=index, model=model, device=device, workers=workers, batch_size=batch_size,
+                    db_url=db)
     if as_json:
-        emit_json(report.to_dict())
+        emit_json(repair_document(report))
         return
-    if report.healthy:
+    if db is not None:
+        out.print(f"the catalog is the database {report.catalog}: nothing to restore here (use the database's own "
+                  "backups for that); FAISS files checked, files re-indexed", soft_wrap=True)
+    elif report.healthy:
         out.print(f"the catalog {report.catalog} is healthy: nothing restored")
     elif report.restored_from:
         out.print(f"restored the catalog from its safety copy of {report.copy_saved_at}; the damaged file is "
@@ -368,6 +372,7 @@ def _index_repair(paths: list[Path], index: str, model: str | None, device: str,
     for r in report.indexes:
         line = (f"index {r.name}: FAISS {r.faiss or 'new'}; re-indexed {r.indexed}, unchanged {r.unchanged}, "
                 f"failed {r.failed}, missing files {r.missing}")
+        line += f"; on-disk index {r.ondisk}" if r.ondisk else ""
         out.print(line + (f" [red]({r.error})[/red]" if r.error else ""))
 
 
@@ -422,6 +427,9 @@ def search(
     all_windows: Annotated[bool, typer.Option("--all-windows", help="List every matching window of long videos "
                                               "(default: neighbouring windows are one hit, the best one's span).")
                            ] = False,
+    exact: Annotated[bool, typer.Option("--exact", help="Search the in-memory FAISS index even when an on-disk "
+                                        "index was built (`vtr index ondisk`): loads every vector into RAM.")
+                     ] = False,
     device: DeviceOption = "auto",
     db: DbOption = None,
     home: HomeOption = None,
@@ -441,7 +449,7 @@ def search(
     if not queries or any(not q.strip() for q in queries):
         raise ConfigError(f"no queries in {str(from_file)!r}" if from_file and not queries else
                           'empty query: say in words what to look for, e.g. vtr search "person chopping onions"')
-    lib = Library(home=home, index=index, model=model, device=device, db_url=db, nprobe=nprobe)
+    lib = Library(home=home, index=index, model=model, device=device, db_url=db, nprobe=nprobe, exact=exact)
     if video is not None:
         results = [lib.search_video(video, k, all_windows=all_windows)]
     else:

@@ -12,6 +12,7 @@ code   meaning
 6      another process is writing the index (IndexBusyError)
 7      the catalog is damaged: run ``vtr index repair`` (CatalogCorruptError)
 8      the data home cannot be written: disk full, read-only, no permission (StorageError)
+9      the catalog database (``--db``) cannot be reached (CatalogUnreachableError)
 70     an unexpected error (a bug): ``--debug`` shows the traceback
 130    interrupted (Ctrl-C)
 =====  ====================================================================================================

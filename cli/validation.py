@@ -61,8 +61,16 @@ def check_factory(param: typer.CallbackParam, value: str | None) -> str | None:
     """``--factory``: a FAISS index_factory string that FAISS can parse (for some usual width)."""
     if value is None:
         return value
+    from vtr.errors import ConfigError
+    from vtr.index.ondisk import check_ondisk_factory, ondisk_factory
     from vtr.index.vector_index import VectorIndex
 
+    if ondisk_factory(value) is not None:  # ondisk:IVF...: no in-memory index, an on-disk IVF build
+        try:
+            check_ondisk_factory(576, ondisk_factory(value))
+            return value
+        except ConfigError as exc:
+            raise _bad(param, str(exc)) from exc
     reason = ""
     for dim in (576, 768, 512, 1024):  # stored widths of the usual models; the index's own is checked later
         try:

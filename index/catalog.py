@@ -30,7 +30,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from vtr.errors import ConfigError
+from vtr.errors import CatalogUnreachableError, ConfigError
 from vtr.home import data_home
 from vtr.index.integrity import (
     guarded,
@@ -47,6 +47,8 @@ CATALOG_FILE = "catalog.db"
 STATUSES: tuple[str, ...] = ("indexed", "failed", "pending")
 # Default wait for the write lock (another vtr process writing the same catalog), in seconds.
 BUSY_TIMEOUT_S = 30.0
+# Seconds to wait for a PostgreSQL server to answer a new connection.
+PG_CONNECT_TIMEOUT_S = 10
 
 
 def utcnow() -> _dt.datetime:
@@ -375,9 +377,36 @@ def create_catalog_engine(
     if url.get_backend_name() == "postgresql":
         # Readers see one snapshot from their first statement to their end (as SQLite WAL readers do); the one
         # writer (advisory lock, see vtr.index.pg_lock) commits in READ COMMITTED (Catalog.write).
-        connect_args = {"options": "-c default_transaction_read_only=on"} if read_only else {}
-        return sa.create_engine(url, pool_pre_ping=True, isolation_level="REPEATABLE READ", connect_args=connect_args)
+        connect_args: dict[str, object] = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+        if "connect_timeout" not in url.query:  # an unreachable host fails in seconds, not minutes
+            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+        try:
+            return sa.create_engine(url, pool_pre_ping=True, isolation_level="REPEATABLE READ",
+                                    connect_args=connect_args)
+        except ImportError as exc:
+            raise ConfigError(f"--db {safe_url(db_url)}: the PostgreSQL driver is missing ({exc}); "
+                              "pip install 'vtr[postgres]'") from exc
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def safe_url(db_url: str) -> str:
+    """``db_url`` with its password masked (for messages)."""
+    try:
+        return sa.engine.make_url(db_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as given, minus anything after '@'-less user info
+        return db_url.split("@")[-1]
+
+
+def check_reachable(engine: Engine, db_url: str) -> None:
+    """Connect once: CatalogUnreachableError (one line, with the fix) when the database server cannot be reached."""
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as exc:  # OperationalError (refused, timeout, unknown database, bad password), ...
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        raise CatalogUnreachableError(
+            f"cannot reach the catalog database {safe_url(db_url)} ({reason}): start the database server or fix "
+            "--db (postgresql+psycopg://USER[:PASSWORD]@HOST[:PORT]/DATABASE)") from exc
 
 
 def _quick_check(engine: Engine, path: Path) -> None:
@@ -425,6 +454,8 @@ class Catalog:
             engine = create_catalog_engine(db_url, busy_timeout_s=busy_timeout_s, read_only=read_only)
         version = CURRENT_VERSION
         try:
+            if path is None and engine.dialect.name != "sqlite":
+                check_reachable(engine, str(db_url))
             if path is not None and needs_check(path, read_only):
                 guarded(path, lambda: _quick_check(engine, path))
             if read_only:

@@ -14,6 +14,10 @@ here from the catalog, which keeps every embedding:
 4. search it opened with ``IO_FLAG_ONDISK_SAME_DIR``: the lists are memory-mapped, only the quantiser and the
    list table are in RAM, and the OS page cache holds whatever lists queries touch.
 
+An index can keep no in-memory FAISS index at all: its factory ``ondisk:<IVF factory>`` (e.g.
+``ondisk:IVF65536,SQ8``) tells :class:`vtr.index.store.LibraryStore` to commit vectors to the catalog only,
+never write a ``.faiss`` file, and search through this build (built with that IVF factory by default).
+
 The build goes to a temporary folder that replaces ``<home>/indexes/<name>.ondisk`` in one rename; ``meta.json``
 records the catalog generation it was built from. Factories: ``IVF{nlist},Flat`` (exact codes, 4 x d bytes a
 vector), ``IVF{nlist},SQ8`` (d bytes), ``IVF{nlist},PQ{m}`` (m bytes), optionally behind ``OPQ``/``PCA``
@@ -39,19 +43,20 @@ import faiss
 import numpy as np
 import sqlalchemy as sa
 
-from vtr.errors import ConfigError
-from vtr.index.vector_index import default_nprobe, normalize, tune_faiss
+from vtr.errors import ConfigError, IndexCorruptError, VtrError
+from vtr.index.vector_index import default_nprobe, faiss_reason, normalize, tune_faiss
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnDiskIndex", "OnDiskInfo", "build_ondisk", "build_ondisk_from_catalog", "check_ondisk_factory",
-           "ondisk_path"]
+__all__ = ["ONDISK_PREFIX", "OnDiskIndex", "OnDiskInfo", "build_ondisk", "build_ondisk_from_catalog",
+           "check_ondisk_factory", "ondisk_factory", "ondisk_path", "remove_ondisk"]
 
 INDEX_FILE = "populated.index"
 LISTS_FILE = "lists.ivfdata"
 META_FILE = "meta.json"
 DEFAULT_SHARD_SIZE = 1_000_000
 DEFAULT_TRAIN_SIZE = 200_000
+ONDISK_PREFIX = "ondisk:"  # a store factory of an index searched on disk only (no in-memory FAISS index)
 
 
 @dataclass
@@ -89,6 +94,24 @@ def _c_stdout_to_stderr() -> Iterator[None]:
 
 def ondisk_path(home: Path, name: str) -> Path:
     return home / "indexes" / f"{name}.ondisk"
+
+
+def ondisk_factory(factory: str | None) -> str | None:
+    """The IVF factory of an on-disk-only store factory (``ondisk:IVF65536,SQ8`` -> ``IVF65536,SQ8``), else None."""
+    if factory is None or not factory.lower().startswith(ONDISK_PREFIX):
+        return None
+    return factory[len(ONDISK_PREFIX):].strip()
+
+
+def remove_ondisk(home: Path, name: str) -> None:
+    """Delete the on-disk build of index ``name`` (and leftovers of an interrupted build or replacement)."""
+    folder = ondisk_path(home, name)
+    shutil.rmtree(folder.with_name(folder.name + ".old"), ignore_errors=True)
+    if folder.exists():  # renamed first, so a reader never sees half a folder
+        gone = folder.with_name(f".{folder.name}.removed")
+        shutil.rmtree(gone, ignore_errors=True)
+        os.replace(folder, gone)
+        shutil.rmtree(gone, ignore_errors=True)
 
 
 def check_ondisk_factory(dim: int, factory: str) -> Any:
@@ -215,10 +238,17 @@ def iter_catalog_shards(catalog: Any, index_id: int, dim: int, shard_size: int,
             yield np.concatenate(ids_parts), np.concatenate(vec_parts)
 
 
-def build_ondisk_from_catalog(store: Any, factory: str, *, train_size: int = DEFAULT_TRAIN_SIZE,
+def build_ondisk_from_catalog(store: Any, factory: str | None = None, *, train_size: int = DEFAULT_TRAIN_SIZE,
                               shard_size: int = DEFAULT_SHARD_SIZE, folder: Path | None = None) -> OnDiskInfo:
-    """Build ``<home>/indexes/<name>.ondisk`` for ``store``'s index from its catalog embeddings."""
+    """Build ``<home>/indexes/<name>.ondisk`` for ``store``'s index from its catalog embeddings (``factory``
+    None: the IVF factory of an ``ondisk:`` index)."""
     from vtr.index.catalog import Embedding, IndexRecord
+
+    factory = factory or ondisk_factory(store.factory)
+    if not factory:
+        raise ConfigError(f"index {store.name!r} (factory {store.factory!r}) has no on-disk factory: give one, "
+                          "e.g. vtr index ondisk --factory IVF65536,SQ8 (see docs/scale.md)")
+    factory = ondisk_factory(factory) or factory  # `--factory ondisk:IVF...` means the same build
 
     with store.catalog.read() as s:
         record = s.get(IndexRecord, store.index_id)
@@ -237,6 +267,15 @@ def build_ondisk_from_catalog(store: Any, factory: str, *, train_size: int = DEF
 # --------------------------------------------------------------------------- searching
 
 
+class OnDiskIndexError(IndexCorruptError):
+    """An on-disk build that cannot be read (damaged, truncated, half-copied)."""
+
+    def __init__(self, folder: Path, detail: str) -> None:
+        self.path, self.detail = str(folder), " ".join(str(detail).split())
+        VtrError.__init__(self, f"the on-disk index {self.path!r} cannot be read ({self.detail}): rebuild it with "
+                          "`vtr index ondisk` (or `vtr index repair`)")
+
+
 class OnDiskIndex:
     """A built on-disk IVF index, opened memory-mapped (inner product over normalised vectors, vtr's ids)."""
 
@@ -246,10 +285,17 @@ class OnDiskIndex:
         try:
             self.info = OnDiskInfo(**json.loads((self.folder / META_FILE).read_text()))
         except (OSError, ValueError, TypeError) as exc:
+            if (self.folder / META_FILE).exists():  # there, but not what a build writes
+                raise OnDiskIndexError(self.folder, f"{META_FILE}: {exc}") from exc
             raise ConfigError(f"no on-disk index at {str(self.folder)!r} (build it with `vtr index ondisk`)") from exc
-        with _c_stdout_to_stderr():
-            self.index = faiss.read_index(str(self.folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
-        self.ivf = faiss.extract_index_ivf(self.index)
+        try:
+            with _c_stdout_to_stderr():
+                self.index = faiss.read_index(str(self.folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+            self.ivf = faiss.extract_index_ivf(self.index)
+        except RuntimeError as exc:  # a damaged or truncated file: FAISS's C++ reason
+            raise OnDiskIndexError(self.folder, faiss_reason(exc)) from exc
+        if int(self.index.ntotal) != self.info.ntotal or (self.info.ntotal and not (self.folder / LISTS_FILE).exists()):
+            raise OnDiskIndexError(self.folder, f"{LISTS_FILE} is missing or the build is incomplete")
         self.nprobe = nprobe or default_nprobe(int(self.ivf.nlist))
 
     @property
@@ -275,11 +321,6 @@ class OnDiskIndex:
 
 def search_with_catalog(store: Any, ondisk: OnDiskIndex, queries: np.ndarray, k: int) -> list[list[Any]]:
     """Search ``ondisk`` and resolve its ids through ``store``'s catalog (one snapshot), as
-    :meth:`LibraryStore.search` does: ids whose rows are gone (removed since the build) are dropped."""
-    from vtr.index.store import Hit
-
-    scores, ids = ondisk.search(queries, k)
-    with store.catalog.read() as s:
-        rows = store._segment_rows(s, np.unique(ids[ids >= 0]))
-    return [[Hit(float(sc), int(i), *rows[int(i)]) for sc, i in zip(srow, irow, strict=True) if int(i) in rows]
-            for srow, irow in zip(scores, ids, strict=True)]
+    :meth:`LibraryStore.search` does with the index's own build: ids whose rows are gone (removed since the
+    build) are dropped."""
+    return store._search_ondisk(ondisk, normalize(queries), k)

@@ -7,12 +7,19 @@ its WAL), restores that copy, re-checks every index's FAISS file against it (reb
 disagrees) and re-indexes only what changed since: the files the catalog knows, plus those the damaged
 catalog still lists (read as far as it can be), plus any paths given. With no copy it starts a new catalog
 and rebuilds it by re-indexing the same files.
+
+With a database catalog (``db_url``, e.g. PostgreSQL) there is no safety copy to restore (the database server
+keeps its own backups: ``pg_dump``, WAL archiving); repair connects (one line naming the fix when the server
+cannot be reached) and does the rest: every index's FAISS file re-checked against the catalog (rebuilt when it
+disagrees, is missing or damaged), the files the catalog lists and the given paths re-indexed (only changes
+re-embedded), missing files counted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import logging
 import os
 import sqlite3
@@ -98,6 +105,7 @@ class IndexRepair:
     failed: int = 0
     missing: int = 0  # files the catalog knew that are gone
     error: str = ""
+    ondisk: str = ""  # the on-disk IVF build: "" (none), "kept", "kept (older than the catalog...)", "rebuilt: <why>"
 
 
 @dataclass
@@ -206,16 +214,20 @@ def repair(
     workers: int = 2,
     batch_size: int = 16,
     progress: bool = True,
+    db_url: str | None = None,
 ) -> RepairReport:
     """Restore the catalog of ``home`` from its safety copy and bring every index up to date (module docstring).
 
     ``paths`` (video files or folders) are indexed into ``index`` as well; ``model`` overrides the model each
-    index records (needed when no copy exists and the damaged catalog cannot be read).
+    index records (needed when no copy exists and the damaged catalog cannot be read). ``db_url``: the catalog is
+    that database (nothing to restore; the FAISS files of ``home`` are checked and the files re-indexed).
     """
     from vtr.index.store import LibraryStore, list_indexes
     from vtr.library import Library
 
     home_path = writable_home(home)
+    if db_url is not None:
+        return _repair_database(home_path, db_url, paths, index, model, device, workers, batch_size, progress)
     catalog = home_path / CATALOG_FILE
     report = RepairReport(catalog=str(catalog), healthy=_is_healthy(catalog))
     known: dict[str, _Known] = {}
@@ -262,22 +274,87 @@ def repair(
     return report
 
 
+def _repair_ondisk(home: Path, name: str, store_cls: Any, db_url: str | None) -> str:
+    """Check the index's on-disk IVF build: rebuilt from the catalog when it cannot be read, or when an index that
+    keeps no in-memory FAISS index (``ondisk:``) has none; a readable one older than the catalog is kept (said)."""
+    from vtr.index.ondisk import META_FILE, OnDiskIndex, build_ondisk_from_catalog, ondisk_factory, remove_ondisk
+
+    with store_cls.open(home, name, device="cpu", db_url=db_url, read_only=True, lazy=True) as store:
+        folder = store.ondisk_path
+        if not folder.exists():
+            if store.ram_index:
+                return ""
+            why = "none was built"
+        else:
+            try:
+                built = OnDiskIndex(folder)
+            except VtrError as exc:
+                why = str(exc)
+            else:
+                store.catch_up()
+                return "kept" if built.info.generation == store.generation else \
+                    "kept (older than the catalog: `vtr index ondisk` makes what changed since searchable)"
+        try:  # the factory it was built with, else the index's own (ondisk:)
+            factory = json.loads((folder / META_FILE).read_text())["factory"]
+        except (OSError, ValueError, KeyError, TypeError):
+            factory = ondisk_factory(store.factory)
+        if factory is None:
+            remove_ondisk(home, name)  # searches go to the in-memory index until `vtr index ondisk --factory ...`
+            return f"removed: {why} (build it again with `vtr index ondisk --factory ...`)"
+        log.warning("index %r: the on-disk index: %s; rebuilding it (%s) from the catalog", name, why, factory)
+        build_ondisk_from_catalog(store, factory)
+        return f"rebuilt: {why}"
+
+
+def _repair_database(home: Path, db_url: str, paths: Sequence[str | os.PathLike], index: str, model: str | None,
+                     device: str, workers: int, batch_size: int, progress: bool) -> RepairReport:
+    """:func:`repair` of a database catalog (``db_url``): check FAISS, re-index, count missing files."""
+    import sqlalchemy as sa
+
+    from vtr.index.catalog import Catalog, IndexRecord, Video, decode_path, safe_url
+    from vtr.index.store import LibraryStore
+    from vtr.library import Library
+
+    report = RepairReport(catalog=safe_url(db_url), healthy=True)
+    known: dict[str, _Known] = {}
+    with Catalog.open(home, db_url) as catalog, catalog.read() as s:  # CatalogUnreachableError: one line, the fix
+        names = {}
+        for i, name, model_name, factory in s.execute(
+                sa.select(IndexRecord.id, IndexRecord.name, IndexRecord.model_name, IndexRecord.factory)):
+            names[i] = name
+            known[name] = _Known(model=model_name, factory=factory)
+        for i, raw in s.execute(sa.select(Video.index_id, Video.path_bytes).where(Video.status == "indexed")):
+            known[names[i]].paths.add(decode_path(raw))
+    if paths or not known:
+        known.setdefault(index, _Known()).paths.update(os.path.abspath(os.fspath(p)) for p in paths)
+    for name, entry in sorted(known.items()):
+        report.indexes.append(_repair_index(home, name, entry, model, device, workers, batch_size, progress,
+                                            Library, LibraryStore, given=bool(paths) and name == index,
+                                            db_url=db_url))
+    return report
+
+
 def _repair_index(home: Path, name: str, entry: _Known, model: str | None, device: str, workers: int,
-                  batch_size: int, progress: bool, library_cls: Any, store_cls: Any, given: bool) -> IndexRepair:
+                  batch_size: int, progress: bool, library_cls: Any, store_cls: Any, given: bool,
+                  db_url: str | None = None) -> IndexRepair:
     result = IndexRepair(name=name, model=model or entry.model)
     try:
         if not given or entry.model is not None:
             with contextlib.suppress(ConfigError):  # a new index (no copy) has no record yet
-                with store_cls.open(home, name, device="cpu") as store:
+                with store_cls.open(home, name, device="cpu", db_url=db_url) as store:
                     check = store.last_check
-                    result.faiss = f"rebuilt: {check.reason or 'disagreed with the catalog'}" if check.changed \
-                        else "kept"
+                    result.faiss = ("none: searched on disk only" if not store.ram_index else
+                                    f"rebuilt: {check.reason or 'disagreed with the catalog'}" if check.changed
+                                    else "kept")
         existing = [p for p in sorted(entry.paths) if os.path.exists(p)]
         result.missing = len(entry.paths) - len(existing)
         if existing:
-            lib = library_cls(home=home, index=name, model=result.model, device=device, factory=entry.factory)
+            lib = library_cls(home=home, index=name, model=result.model, device=device, factory=entry.factory,
+                              db_url=db_url)
             done = lib.index(existing, workers=workers, batch_size=batch_size, progress=progress)
             result.indexed, result.unchanged, result.failed = done.indexed, done.unchanged, len(done.failed)
+        if entry.model is not None or existing:
+            result.ondisk = _repair_ondisk(home, name, store_cls, db_url)
     except StorageError:
         raise
     except VtrError as exc:

@@ -14,8 +14,20 @@ Crash consistency
 * Searches only return vectors whose catalog rows exist in the snapshot they read (stale ids are dropped).
 
 So whatever point a writer is killed at, the next open sees an index consistent with the last committed
-catalog state. One writer per index at a time (a lock file in ``<home>/indexes/``); any number of read-only
-stores may read meanwhile, each seeing committed snapshots (SQLite WAL).
+catalog state.
+
+Large libraries (:mod:`vtr.index.ondisk`)
+------------------------------------------
+* When an on-disk IVF build exists (``<home>/indexes/<name>.ondisk``, ``vtr index ondisk``), searches use it
+  (``exact=True`` asks for the in-memory index instead). Stores opened with ``lazy=True`` (what
+  :class:`vtr.Library` does) load the in-memory FAISS file only when a search needs it, so searching through
+  the on-disk build never reads the ``.faiss`` file.
+* An index whose factory is ``ondisk:<IVF factory>`` keeps no in-memory FAISS index at all: writers commit
+  vectors to the catalog only (no ``.faiss`` file is written; one left from before is deleted), and searches
+  go through the on-disk build, which ``vtr index ondisk`` (re)builds from the catalog.
+
+One writer per index at a time (a lock file in ``<home>/indexes/``, or a PostgreSQL advisory lock); any number
+of read-only stores may read meanwhile, each seeing committed snapshots (SQLite WAL).
 """
 
 from __future__ import annotations
@@ -50,9 +62,10 @@ from vtr.index.catalog import (
 from vtr.index.files import VIDEO_EXTENSIONS, walk_videos
 from vtr.index.integrity import end_writing, home_writable, start_writing, writable_home
 from vtr.index.lock import FileLock
+from vtr.index.ondisk import OnDiskIndex, check_ondisk_factory, ondisk_factory, ondisk_path, remove_ondisk
 from vtr.index.pg_lock import AdvisoryLock, index_lock
 from vtr.index.plan import CatalogRow, Plan, PlanItem, check_prune_roots, check_prune_share, make_plan, stat_file
-from vtr.index.vector_index import VectorIndex, normalize
+from vtr.index.vector_index import VectorIndex, default_nprobe, normalize
 from vtr.index.vectors import stored_width
 from vtr.segmentation import SegmentPolicy
 
@@ -126,7 +139,7 @@ class StoreStatus:
     failures: list[tuple[str, str]]  # (display path, reason)
     segments: int
     vectors: int  # embeddings in the catalog
-    faiss_vectors: int  # vectors in the in-memory FAISS index
+    faiss_vectors: int | None  # vectors in the in-memory FAISS index (None: not loaded, or not kept)
     db_bytes: int | None
     faiss_bytes: int | None
     schema_version: int
@@ -213,8 +226,14 @@ class LibraryStore:
         self.name = record.name
         self._set_record(record)
         self.faiss_path = _faiss_path(home, self.name)
-        self._index = VectorIndex(self.dim, self.factory, device=device)
-        self._generation = -1
+        self.ondisk_path = ondisk_path(home, self.name)
+        self._nprobe: int | None = None
+        self._index = self._new_index()
+        self._generation = -1  # the catalog generation the in-memory index reflects (-1: not loaded yet)
+        self._seen = -1  # the catalog generation the last search / catch-up saw (either index)
+        self._ondisk: OnDiskIndex | None = None
+        self._ondisk_key: tuple[int, int] | None = None
+        self._last_total = 0
         self._checksum: str | None = None
         self._dirty = False
         self._suspect = False
@@ -225,6 +244,18 @@ class LibraryStore:
         self.weights_sha256 = record.weights_sha256
         self.dim = int(record.embedding_dim)
         self.factory = record.factory
+
+    @property
+    def ram_index(self) -> bool:
+        """Whether this index keeps an in-memory FAISS index (False: ``ondisk:`` factory, searched on disk only)."""
+        return ondisk_factory(self.factory) is None
+
+    def _new_index(self) -> VectorIndex:
+        """An empty in-memory index of this index's factory (a Flat stand-in, never saved, when it keeps none)."""
+        index = VectorIndex(self.dim, self.factory if self.ram_index else "Flat", device=self.device)
+        if self._nprobe is not None:
+            index.nprobe = self._nprobe
+        return index
 
     # ------------------------------------------------------------------ opening
 
@@ -244,6 +275,7 @@ class LibraryStore:
         reindex: bool = False,
         device: str = "auto",
         lock_timeout_s: float = 0.0,
+        lazy: bool = False,
     ) -> LibraryStore:
         """Open (creating it if needed, unless ``read_only``) the index ``name`` in ``home``.
 
@@ -255,6 +287,9 @@ class LibraryStore:
         ``read_only`` stores never write (several may read while one process writes). ``embed_dim`` (a model's
         feature width) may be given instead of ``dim``: the stored vectors are then
         :func:`~vtr.index.vectors.stored_width` wide (the padded format of :mod:`vtr.index.vectors`).
+        ``lazy`` (read-only stores): do not load the in-memory FAISS index now, only when a search needs it
+        (never when an on-disk build answers). A ``factory`` of ``ondisk:<IVF factory>`` (e.g.
+        ``ondisk:IVF65536,SQ8``) keeps no in-memory index at all (module docstring).
         """
         _check_name(name)
         if embed_dim is not None:
@@ -275,7 +310,9 @@ class LibraryStore:
             if reindex and not read_only:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(store.faiss_path)
-            store.check()
+                store._drop_ondisk()
+            if not (lazy and read_only):
+                store.check()
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -306,10 +343,14 @@ class LibraryStore:
             record = s.scalar(sa.select(IndexRecord).where(IndexRecord.name == name))
             now = utcnow()
             if factory is not None:  # a bad factory string fails here, with FAISS's reason
-                try:
-                    VectorIndex(int(dim or (record.embedding_dim if record is not None else 0) or 1), factory)
-                except ValueError as exc:
-                    raise ConfigError(f"--factory: {exc}") from exc
+                width = int(dim or (record.embedding_dim if record is not None else 0) or 1)
+                if ondisk_factory(factory) is not None:
+                    check_ondisk_factory(width, ondisk_factory(factory))
+                else:
+                    try:
+                        VectorIndex(width, factory)
+                    except ValueError as exc:
+                        raise ConfigError(f"--factory: {exc}") from exc
             if record is None:
                 if model_name is None or dim is None:
                     raise ConfigError(f"index {name!r} does not exist yet: creating it needs a model name and width")
@@ -340,9 +381,9 @@ class LibraryStore:
                 return record
             _check_model(record, model_name, weights_sha256, dim)
             if factory is not None and factory != record.factory:
-                log.info(
-                    "index %r: FAISS factory %r -> %r (rebuilt from stored embeddings)", name, record.factory, factory
-                )
+                log.info("index %r: FAISS factory %r -> %r (%s)", name, record.factory, factory,
+                         "no in-memory index from now on: `vtr index ondisk` builds what searches use"
+                         if ondisk_factory(factory) is not None else "rebuilt from stored embeddings")
                 record.factory = factory
                 record.faiss_checksum = None
                 record.updated_at = now
@@ -394,8 +435,19 @@ class LibraryStore:
 
         Loads ``<home>/indexes/<name>.faiss`` when this store has not yet, verifying its checksum; rebuilds from
         the ``embeddings`` table when it is missing, corrupt or of the wrong kind; then removes ids the
-        catalog lacks and adds catalog vectors the index lacks. A writable store saves the result.
+        catalog lacks and adds catalog vectors the index lacks. A writable store saves the result. An index that
+        keeps no in-memory index (``ondisk:`` factory) has nothing to check: a writable store deletes a FAISS
+        file left from before.
         """
+        if not self.ram_index:
+            with self.catalog.read() as s:
+                self._generation = self._seen = int(self._record(s).generation)
+            if not self.read_only:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.faiss_path)
+            self._dirty = self._suspect = False
+            self.last_check = ConsistencyReport()
+            return self.last_check
         with self.catalog.read() as s:
             record = self._record(s)
             loaded = self._generation >= 0
@@ -418,8 +470,8 @@ class LibraryStore:
                     index, report = self._reconcile(s, index, catalog_ids)
             else:
                 index, report = self._reconcile(s, self._index, catalog_ids)
-            self._index = index
-            self._generation = int(record.generation)
+            self._set_index(index)
+            self._generation = self._seen = int(record.generation)
         self._suspect = False
         if report.changed:
             self._dirty = True
@@ -434,6 +486,21 @@ class LibraryStore:
             self.flush()
         self.last_check = report
         return report
+
+    def _set_index(self, index: VectorIndex) -> None:
+        if self._nprobe is not None and index is not self._index:
+            index.nprobe = self._nprobe
+        self._index = index
+
+    def _ensure_loaded(self) -> None:
+        """Load (and check) the in-memory FAISS index if this (lazy) store has not yet."""
+        if self._generation < 0:
+            self.check()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the in-memory FAISS index is loaded (always False for an ``ondisk:`` index)."""
+        return self.ram_index and self._generation >= 0
 
     def _record(self, s: Session) -> IndexRecord:
         record = s.get(IndexRecord, self.index_id)
@@ -530,6 +597,9 @@ class LibraryStore:
 
     def _apply(self, generation: int, remove: Sequence[int] = (), add: tuple[np.ndarray, np.ndarray] | None = None):
         """Mirror a committed catalog change into the in-memory FAISS index."""
+        if not self.ram_index:  # the catalog is all there is to update; the on-disk build is a snapshot
+            self._generation = self._seen = generation
+            return
         try:
             if len(remove):
                 self._index.remove_ids(np.asarray(remove, np.int64))
@@ -538,7 +608,7 @@ class LibraryStore:
         except BaseException:
             self._suspect = True  # the catalog committed: reconcile before the next flush / search
             raise
-        self._generation = generation
+        self._generation = self._seen = generation
         self._dirty = True
 
     def add_video(
@@ -683,17 +753,21 @@ class LibraryStore:
             record = self._record(s)
             _reset_index(s, record)
             generation = int(record.generation)
-        self._index = VectorIndex(self.dim, self.factory, device=self.device)
+        self._index = self._new_index()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.faiss_path)
+        self._drop_ondisk()
         self._checksum = None
-        self._generation = generation
+        self._generation = self._seen = generation
         self._dirty = True
         self.flush()
 
     def flush(self) -> str | None:
-        """Save the FAISS index atomically and record its checksum in the catalog; returns the checksum."""
+        """Save the FAISS index atomically and record its checksum in the catalog; returns the checksum (None for
+        an index that keeps no in-memory FAISS index: the catalog commits are all there is)."""
         self._require_writable()
+        if not self.ram_index:
+            return None
         if self._suspect:
             self.check()
         if not self._dirty and self._checksum is not None and self.faiss_path.exists():
@@ -761,25 +835,38 @@ class LibraryStore:
 
     # ------------------------------------------------------------------ reads
 
-    def search(self, query_vectors: np.ndarray, k: int = 10, nprobe: int | None = None) -> list[list[Hit]]:
+    def search(self, query_vectors: np.ndarray, k: int = 10, nprobe: int | None = None, *,
+               exact: bool = False) -> list[list[Hit]]:
         """The ``k`` best segments for each query ([Q, dim] or [dim]; normalised here), best first.
 
-        Only vectors whose catalog rows exist are returned. A read-only store first catches up with what
-        writers committed since it last looked. ``nprobe`` (IVF indexes): lists visited per query, kept for
-        later searches (None: the current setting, by default ``vector_index.default_nprobe``).
+        Only vectors whose catalog rows exist are returned. The on-disk build answers when there is one (the
+        in-memory FAISS index is then never loaded), unless ``exact``: then the in-memory FAISS index does
+        (loaded now if needed; exact with the default Flat factory). A read-only store first catches up with
+        what writers committed since it last looked. ``nprobe`` (IVF indexes): lists visited per query, kept
+        for later searches (None: the current setting, by default ``vector_index.default_nprobe``).
         """
         queries = normalize(query_vectors)
         if queries.shape[1] != self.dim:
             raise ValueError(f"expected queries of width {self.dim}, got {queries.shape[1]}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if nprobe is not None:
+            self.nprobe = nprobe
+        if not exact and (ondisk := self.ondisk()) is not None:
+            return self._search_ondisk(ondisk, queries, k)
+        if not self.ram_index:
+            raise ConfigError(
+                f"index {self.name!r} keeps no in-memory FAISS index (factory {self.factory!r}) "
+                + ("and exact search needs one: search its on-disk index with --nprobe set to its number of lists "
+                   "for an exhaustive scan" if exact else
+                   f"and its on-disk index is not built yet: run `vtr index ondisk --index {self.name}`"))
+        self._ensure_loaded()
         if self._suspect:
             self.check()
         stale_seen: set[int] = set()
         with self.catalog.read() as s:
             self._catch_up(s)
-            if nprobe is not None:
-                self._index.nprobe = nprobe
+            self._last_total = self._index.ntotal
             results: list[list[Hit]] = [[] for _ in range(len(queries))]
             k = min(k, self._index.ntotal)  # FAISS allocates k results per query: never more than it holds
             if k == 0:
@@ -814,20 +901,77 @@ class LibraryStore:
                 log.warning("index %r: dropped %d stale FAISS vectors", self.name, len(stale_seen))
         return results
 
-    def catch_up(self) -> None:
-        """Bring the in-memory FAISS index up to what writers committed since this store last looked."""
+    def _search_ondisk(self, ondisk: OnDiskIndex, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Search the on-disk build and resolve its ids through one catalog snapshot: ids removed since the build
+        are skipped (asking the build for more until ``k`` live ones are found or it is exhausted)."""
+        results: list[list[Hit]] = [[] for _ in range(len(queries))]
         with self.catalog.read() as s:
-            self._catch_up(s)
+            self._seen = int(self._record(s).generation)
+            total = self._last_total = ondisk.ntotal
+            k = min(k, total)
+            kk = k
+            while k:
+                scores, ids = ondisk.search(queries, kk)
+                rows = self._segment_rows(s, np.unique(ids[ids >= 0]))
+                results = [[Hit(float(sc), int(i), *rows[int(i)]) for sc, i in zip(srow, irow, strict=True)
+                            if int(i) in rows][:k] for srow, irow in zip(scores, ids, strict=True)]
+                gone = int(np.sum((ids >= 0) & ~np.isin(ids, np.fromiter(rows, np.int64, len(rows)))))
+                if not gone or kk >= total or all(len(h) >= k for h in results):
+                    break
+                kk = min(total, kk * 2 + gone)
+        return results
+
+    def ondisk(self) -> OnDiskIndex | None:
+        """The on-disk IVF build of this index (None: none built), opened memory-mapped on first use and again
+        after ``vtr index ondisk`` replaced it; a warning when it is older than the catalog."""
+        try:
+            st = (self.ondisk_path / "meta.json").stat()
+        except OSError:
+            if self._ondisk is not None and self.ondisk_path.with_name(self.ondisk_path.name + ".old").exists():
+                return self._ondisk  # a rebuild is swapping the folder this very moment: the open build still works
+            self._ondisk, self._ondisk_key = None, None
+            return None
+        key = (st.st_ino, st.st_mtime_ns)
+        if self._ondisk is None or key != self._ondisk_key:
+            ondisk = OnDiskIndex(self.ondisk_path, nprobe=self._nprobe)
+            if ondisk.info.dim != self.dim:
+                log.warning("index %r: its on-disk build holds %d-d vectors, the index is %d-d: ignored (rebuild it "
+                            "with `vtr index ondisk`)", self.name, ondisk.info.dim, self.dim)
+                return None
+            self._ondisk, self._ondisk_key = ondisk, key
+            with self.catalog.read() as s:
+                generation = int(self._record(s).generation)
+            if ondisk.info.generation != generation:
+                log.warning("the on-disk index of %r was built from an older catalog state (generation %s, now %s): "
+                            "removed videos are skipped, new ones are missing until `vtr index ondisk` rebuilds it",
+                            self.name, ondisk.info.generation, generation)
+        return self._ondisk
+
+    def _drop_ondisk(self) -> None:
+        """Delete the on-disk build (its vectors are gone from the catalog: a reindex, a removed index)."""
+        self._ondisk, self._ondisk_key = None, None
+        remove_ondisk(self.home, self.name)
+
+    def catch_up(self) -> None:
+        """Bring the in-memory FAISS index (when loaded) up to what writers committed since this store last
+        looked; a store that has not loaded it only notes the catalog's generation."""
+        with self.catalog.read() as s:
+            if self.loaded:
+                self._catch_up(s)
+            else:
+                self._seen = int(self._record(s).generation)
 
     def _catch_up(self, s: Session) -> None:
         record = self._record(s)
         if int(record.generation) != self._generation:
             if not self.read_only:
                 log.warning("index %r changed under this writer; reconciling", self.name)
-            self._index, report = self._reconcile(s, self._index, self._catalog_ids(s))
+            index, report = self._reconcile(s, self._index, self._catalog_ids(s))
+            self._set_index(index)
             if report.changed:
                 self._dirty = True
             self._generation = int(record.generation)
+        self._seen = self._generation
 
     def _segment_rows(self, s: Session, ids: np.ndarray) -> dict[int, tuple[str, float, float]]:
         rows: dict[int, tuple[str, float, float]] = {}
@@ -907,7 +1051,7 @@ class LibraryStore:
             failures=failures,
             segments=int(segments or 0),
             vectors=int(vectors or 0),
-            faiss_vectors=self._index.ntotal,
+            faiss_vectors=self._index.ntotal if self.loaded else None,
             db_bytes=self.catalog.size_on_disk(),
             faiss_bytes=faiss_bytes,
             schema_version=version,
@@ -916,22 +1060,35 @@ class LibraryStore:
 
     @property
     def generation(self) -> int:
-        """The catalog generation the in-memory FAISS index reflects (what the last search or catch-up saw)."""
-        return self._generation
+        """The catalog generation the last search or catch-up saw (-1: none yet)."""
+        return self._seen
 
     @property
     def nprobe(self) -> int | None:
-        """IVF lists visited per query (None: the default); a search's ``nprobe`` argument sets it too."""
-        return self._index.nprobe
+        """IVF lists visited per query (None: the default), by the on-disk build and the in-memory index alike;
+        a search's ``nprobe`` argument sets it too."""
+        return self._nprobe
 
     @nprobe.setter
     def nprobe(self, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"nprobe must be >= 1, got {value}")
+        self._nprobe = value
         self._index.nprobe = value
+        if self._ondisk is not None:
+            self._ondisk.nprobe = value or default_nprobe(int(self._ondisk.ivf.nlist))
 
     @property
     def ntotal(self) -> int:
-        """Vectors in the in-memory FAISS index."""
+        """Vectors in the in-memory FAISS index (loaded now if this store is lazy; 0 when it keeps none)."""
+        if self.ram_index:
+            self._ensure_loaded()
         return self._index.ntotal
+
+    @property
+    def last_search_total(self) -> int:
+        """Vectors in the index that answered the last search (the on-disk build or the in-memory index)."""
+        return self._last_total
 
     # ------------------------------------------------------------------ closing
 
@@ -1041,6 +1198,7 @@ def remove_index(
             # (a later index of that name has no checksum recorded for it, so it is rebuilt).
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(_faiss_path(home_path, name))
+            remove_ondisk(home_path, name)
             return record is not None
         finally:
             lock.release()  # the lock file stays: unlinking it would let two processes hold "the" lock

@@ -52,6 +52,8 @@ CASES = [
     (["index", "--workers", "-1", "{odd}/folder"], 2, "'--workers'"),
     (["index", "--batch-size", "0", "{odd}/folder"], 2, "'--batch-size'"),
     (["index", "--factory", "IVFbogus", "{odd}/folder"], 2, "'--factory'"),
+    (["index", "--factory", "ondisk:Flat", "{odd}/folder"], 2, "cannot be built on disk"),
+    (["index", "--factory", "ondisk:IVF16,PQ8x4fs", "{odd}/folder"], 2, "fast-scan"),
     (["index", "--device", "tpu9", "{odd}/folder"], 2, "'--device'"),
     (["index", "{odd}/folder", "--home", "{odd}/file"], 2, "'--home'"),
     (["index", "/does/not/exist"], 2, "does not exist"),

@@ -124,3 +124,9 @@ def storage_error(exc: OSError, path: str | os.PathLike | None = None) -> Storag
     if reason is None:
         return None
     return StorageError(path if path is not None else exc.filename, reason)
+
+
+class CatalogUnreachableError(VtrError):
+    """The catalog database (``--db``) cannot be reached: server down, wrong host, port, database or credentials."""
+
+    exit_code = 9

@@ -81,15 +81,16 @@ class Library:
 
     def __init__(self, home: str | os.PathLike | None = None, index: str = "default",
                  model: str | os.PathLike | None = None, device: str = "auto", db_url: str | None = None,
-                 factory: str | None = None, nprobe: int | None = None) -> None:
+                 factory: str | None = None, nprobe: int | None = None, exact: bool = False) -> None:
         self.home, self.index_name, self.model_ref = home, index, model
         self.device = resolve_device(device)
         self.db_url, self.factory, self.nprobe = db_url, factory, nprobe  # nprobe: IVF lists searched (None: default)
+        # exact: search the in-memory FAISS index even when an on-disk build exists (loads every vector in RAM)
+        self.exact = exact
         self._model = None
         self._tower = None  # the cached text tower (CPU searches without the full model), see vtr.model.text_tower
         self._reader = None  # the read-only store: opened on first use, kept until close()
         self._model_checked = False
-        self._ondisk_index = None  # an out-of-core IVF index built by build_ondisk (vtr.index.ondisk), opened once
 
     def __enter__(self) -> Library:
         return self
@@ -104,9 +105,10 @@ class Library:
             self._reader = None
 
     def _store(self):
-        """The read-only store, opened once; each search catches up with what writers committed since."""
+        """The read-only store, opened once (lazily: its in-memory FAISS index is loaded only if a search needs
+        it, never when the on-disk build answers); each search catches up with what writers committed since."""
         if self._reader is None:
-            self._reader = self._open_store(read_only=True, write=False)
+            self._reader = self._open_store(read_only=True, write=False, lazy=True)
         return self._reader
 
     # ------------------------------------------------------------------ model
@@ -164,7 +166,8 @@ class Library:
             return self.model.cfg  # not a model directory: create_model says what is wrong
         return RetrievalConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
 
-    def _open_store(self, read_only: bool, reindex: bool = False, write: bool = True, lock_timeout_s: float = 0.0):
+    def _open_store(self, read_only: bool, reindex: bool = False, write: bool = True, lock_timeout_s: float = 0.0,
+                    lazy: bool = False):
         from vtr.index.store import LibraryStore
 
         kw: dict[str, Any] = {}
@@ -173,7 +176,7 @@ class Library:
             kw = {"model_name": name, "weights_sha256": sha, "embed_dim": self._model_config().embed_dim,
                   "factory": self.factory, "lock_timeout_s": lock_timeout_s}
         return LibraryStore.open(self.home, self.index_name, db_url=self.db_url, read_only=read_only,
-                                 reindex=reindex, device=self.device.type, **kw)
+                                 reindex=reindex, device=self.device.type, lazy=lazy, **kw)
 
     @torch.no_grad()
     def _encode_clips(self, video: torch.Tensor) -> torch.Tensor:
@@ -380,6 +383,10 @@ class Library:
                 inflight = (list(pending), embeds, ready)
                 pending.clear()
 
+            if not store.ram_index:
+                log.warning("index %r keeps no in-memory FAISS index (%s): what this run adds is searchable after "
+                            "`vtr index ondisk --index %s` rebuilds its on-disk index", self.index_name,
+                            store.factory, self.index_name)
             bar = IndexProgress(len(todo), enable=progress)
             eta = RunEstimate(len(todo), bar.bar.write if progress else None)
             try:
@@ -467,29 +474,23 @@ class Library:
     def _search_vectors(self, q: np.ndarray, k: int, all_windows: bool = False) -> list[list[SearchHit]]:
         """The ``k`` best hits per query; collapsed (unless ``all_windows``), asking for more windows until ``k``
         distinct moments are found or the index is exhausted. An on-disk index (`vtr index ondisk`) answers when
-        one was built; else the store's FAISS index."""
-        store, ondisk = self._store(), self._ondisk()
-
-        def windows(kk: int):
-            if ondisk is not None:  # memory-mapped inverted lists
-                from vtr.index.ondisk import search_with_catalog
-
-                return search_with_catalog(store, ondisk, q, kk)
-            return store.search(q, kk, nprobe=self.nprobe)
-
+        one was built (the in-memory FAISS index is then never loaded), unless ``exact``; else the store's FAISS
+        index."""
+        store = self._store()
         kk = k if all_windows else 4 * k
         while True:
-            rows = windows(kk)
+            rows = store.search(q, kk, nprobe=self.nprobe, exact=self.exact)
             hits = [[SearchHit(r + 1, h.score, h.video_path, h.start_s, h.end_s, vector_id=h.vector_id,
                                model=store.model_name, generation=store.generation) for r, h in enumerate(row)]
                     for row in rows]
             if all_windows:
                 return hits
             collapsed = [collapse_windows(row) for row in hits]
-            exhausted = kk >= store.ntotal or all(len(row) < kk for row in hits)
+            total = store.last_search_total
+            exhausted = kk >= total or all(len(row) < kk for row in hits)
             if exhausted or all(len(row) >= k for row in collapsed):
                 return [row[:k] for row in collapsed]
-            kk = min(store.ntotal, kk * 4)
+            kk = min(total, kk * 4)
 
     @torch.no_grad()
     def _rerank(self, text: str, hits: list[SearchHit]) -> list[SearchHit]:
@@ -522,49 +523,39 @@ class Library:
 
     # ------------------------------------------------------------------ management
 
-    def _ondisk(self):
-        """The on-disk IVF index of this library (None when none was built), opened once."""
-        if self._ondisk_index is None:
-            from vtr.index.ondisk import OnDiskIndex, ondisk_path
-
-            store = self._store()
-            folder = ondisk_path(store.home, store.name)
-            if not folder.exists():
-                return None
-            self._ondisk_index = OnDiskIndex(folder)
-            store.catch_up()
-            generation = store._generation
-            if self._ondisk_index.info.generation != generation:
-                log.warning("the on-disk index of %r was built from an older catalog state (generation %s, now %s): "
-                            "removed videos are skipped, new ones are missing until `vtr index ondisk` rebuilds it",
-                            store.name, self._ondisk_index.info.generation, generation)
-        if self.nprobe:
-            self._ondisk_index.nprobe = self.nprobe
-        return self._ondisk_index
-
-    def build_ondisk(self, factory: str, train_size: int | None = None, shard_size: int | None = None) -> dict:
-        """Build the out-of-core IVF index of this library from its catalog (:mod:`vtr.index.ondisk`)."""
+    def build_ondisk(self, factory: str | None = None, train_size: int | None = None,
+                     shard_size: int | None = None) -> dict:
+        """Build the out-of-core IVF index of this library from its catalog (:mod:`vtr.index.ondisk`); ``factory``
+        None: the one an ``ondisk:`` index records. The next search opens the new build."""
         from vtr.index.ondisk import DEFAULT_SHARD_SIZE, DEFAULT_TRAIN_SIZE, build_ondisk_from_catalog
 
         info = build_ondisk_from_catalog(self._store(), factory, train_size=train_size or DEFAULT_TRAIN_SIZE,
                                          shard_size=shard_size or DEFAULT_SHARD_SIZE)
-        self._ondisk_index = None
         return asdict(info)
+
     @property
     def store(self):
         """The read-only :class:`~vtr.index.store.LibraryStore` (opened on first use, kept until close())."""
         return self._store()
 
     def status(self) -> dict[str, Any]:
+        """Counts and sizes of the index; ``searched_by`` says which index answers searches (``ondisk``: the
+        on-disk build, whose ``ram_bytes`` / ``disk_bytes`` are in ``ondisk``; ``faiss``: the in-memory index,
+        ``faiss_ram_bytes`` of RAM). The in-memory index is loaded only when it is the one searches use."""
         store = self._store()
+        ondisk = store.ondisk()
+        if (ondisk is None or self.exact) and store.ram_index:
+            store.ntotal  # noqa: B018 - loads the in-memory index: searches use it, its count is reported
         store.catch_up()
         status = asdict(store.status())
-        # RAM of the in-memory FAISS index: about the size of its file (FAISS serialises its arrays as they are)
-        status["faiss_ram_bytes"] = status["faiss_bytes"]
-        ondisk = self._ondisk()
+        # RAM of the in-memory FAISS index when searches use it: about the size of its file (FAISS serialises its
+        # arrays as they are); 0 for an index that keeps none
+        status["faiss_ram_bytes"] = (status["faiss_bytes"] or 0) if store.ram_index else 0
+        status["searched_by"] = ("ondisk" if ondisk is not None and not self.exact else "faiss" if store.ram_index
+                                 else "nothing yet: run `vtr index ondisk`")
         if ondisk is not None:
             status["ondisk"] = {**asdict(ondisk.info), **ondisk.footprint(), "nprobe": ondisk.nprobe,
-                                "current": ondisk.info.generation == store._generation}
+                                "current": ondisk.info.generation == store.generation}
         return status
 
 

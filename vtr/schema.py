@@ -12,6 +12,13 @@ change) and ``command``. The shapes (:data:`JSON_SCHEMA` is the machine-readable
   ``failed``, ``failed_before``), ``failures`` and timing.
 * ``index status``: the index's model, counts, sizes, ``catalog_schema_version``, ``failed`` and ``failures``.
 * ``index list``: ``{"indexes": [...]}``; ``index remove``: ``{"removed": NAME}``.
+* ``index ondisk``: the build (:class:`vtr.index.ondisk.OnDiskInfo`): ``index``, ``factory``, ``ntotal``,
+  ``nlist``, ``disk_bytes``, ``ram_bytes`` (what a searcher holds), ``build_s``, ``generation``.
+* ``index repair``: ``catalog`` (the SQLite file, or the ``--db`` URL without its password), ``healthy``,
+  ``restored_from``, ``copy_saved_at``, ``damaged_moved_to``, ``rebuilt`` (SQLite only: null / false with a
+  database catalog, which has no safety copy) and ``indexes``: per index ``name``, ``model``, ``faiss`` (``kept``,
+  ``rebuilt: <why>``, ``none: ...``), ``indexed``, ``unchanged``, ``failed``, ``missing``, ``error`` and ``ondisk``
+  (the on-disk IVF build: empty when there is none, ``kept...``, ``rebuilt: <why>`` or ``removed: <why>``).
 
 A failure is ``{"path", "reason", "message"}`` everywhere (``reason``: a short tag such as ``corrupt`` or
 ``no_video_stream``; ``message``: the full text when known in this run, else null).
@@ -23,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = ["JSON_SCHEMA", "SCHEMA_VERSION", "SCORE_KINDS", "document", "failure", "index_document",
-           "search_document", "status_document"]
+           "repair_document", "search_document", "status_document"]
 
 SCHEMA_VERSION = 1
 SCORE_KINDS = ("cosine", "itm_logit")
@@ -79,6 +86,11 @@ def status_document(status: dict[str, Any]) -> dict[str, Any]:
     return document("index status", **body, failed=len(rows), failures=rows)
 
 
+def repair_document(report: Any) -> dict[str, Any]:
+    """``vtr index repair --json`` from a :class:`vtr.index.repair.RepairReport` (SQLite or a database catalog)."""
+    return document("index repair", **report.to_dict())
+
+
 _FAILURE = {
     "type": "object",
     "required": ["path", "reason", "message"],
@@ -126,7 +138,8 @@ JSON_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["schema_version", "command"],
     "properties": {"schema_version": {"const": SCHEMA_VERSION},
-                   "command": {"enum": ["search", "index", "index status", "index list", "index remove"]}},
+                   "command": {"enum": ["search", "index", "index status", "index list", "index remove",
+                                        "index repair", "index ondisk"]}},
     "allOf": [
         _command("search", ["index", "queries"], {
             "index": {"type": "string"},
@@ -155,5 +168,21 @@ JSON_SCHEMA: dict[str, Any] = {
         _command("index list", ["indexes"], {"indexes": {"type": "array", "items": {
             "type": "object", "required": ["name", "model_name", "vector_count", "videos"]}}}),
         _command("index remove", ["removed"], {"removed": {"type": "string"}}),
+        _command("index ondisk", ["index", "factory", "ntotal", "nlist", "disk_bytes", "ram_bytes"], {
+            "index": {"type": "string"}, "factory": {"type": "string"},
+            **{k: _COUNT for k in ("ntotal", "nlist", "disk_bytes", "ram_bytes")},
+        }),
+        _command("index repair", ["catalog", "healthy", "restored_from", "rebuilt", "indexes"], {
+            "catalog": {"type": "string"}, "healthy": {"type": "boolean"},
+            "restored_from": {"type": ["string", "null"]}, "copy_saved_at": {"type": ["string", "null"]},
+            "damaged_moved_to": {"type": ["string", "null"]}, "rebuilt": {"type": "boolean"},
+            "indexes": {"type": "array", "items": {
+                "type": "object", "additionalProperties": False,
+                "required": ["name", "model", "faiss", "indexed", "unchanged", "failed", "missing", "error"],
+                "properties": {"name": {"type": "string"}, "model": {"type": ["string", "null"]},
+                               "faiss": {"type": "string"}, "error": {"type": "string"},
+                               "ondisk": {"type": "string"},
+                               **{k: _COUNT for k in ("indexed", "unchanged", "failed", "missing")}}}},
+        }),
     ],
 }
