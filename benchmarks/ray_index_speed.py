@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--workers", type=int, default=8, help="decode workers of the local engine")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--videos-per-task", type=int, default=4, help="videos per Ray decode task")
+    ap.add_argument("--videos-per-task", type=int, default=None, help="videos per Ray decode task (default: vtr's)")
     ap.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs each decode task reserves")
     ap.add_argument("--gpus-per-actor", type=float, default=1.0, help="below 1: several encoder actors per GPU")
     ap.add_argument("--object-store-gb", type=float, default=None, help="Ray object store size (default: Ray's)")
