@@ -146,3 +146,15 @@ def test_crop_params_fallback_is_centre_crop() -> None:
 def test_bad_input_shape() -> None:
     with pytest.raises(ValueError):
         eval_transform(np.zeros((64, 64, 3), np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 53, 3), (2, 32, 32, 3)], ids=["resized", "same_size"])
+def test_eval_pixels_then_normalize_is_eval_transform_bit_for_bit(shape) -> None:
+    """Indexing moves uint8 pixels and normalises them on the encoder's device: the clip must be the eval
+    transform's exactly (the resize rounds to integers, so nothing is lost)."""
+    from vtr.data.transforms import eval_pixels, normalize
+
+    frames = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    pixels = eval_pixels(frames, 32)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (shape[0], 3, 32, 32)
+    torch.testing.assert_close(normalize(pixels.float()), eval_transform(frames, 32), rtol=0, atol=0)
