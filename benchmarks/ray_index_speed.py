@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8, help="decode workers of the local engine")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--videos-per-task", type=int, default=None, help="videos per Ray decode task (default: vtr's)")
+    ap.add_argument("--decode-pool", choices=["tasks", "actors"], default="tasks")
     ap.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs each decode task reserves")
     ap.add_argument("--gpus-per-actor", type=float, default=1.0, help="below 1: several encoder actors per GPU")
     ap.add_argument("--object-store-gb", type=float, default=None, help="Ray object store size (default: Ray's)")
@@ -87,6 +88,7 @@ def main() -> None:
                                    engine=engine, ray_options=RayOptions(videos_per_task=args.videos_per_task,
                                                                          gpus_per_actor=args.gpus_per_actor,
                                                                          decode_cpus=args.decode_cpus,
+                                                                         decode_pool=args.decode_pool,
                                                                          log_stats=args.stats))
                 row[engine] = {"videos_per_s": report.videos_per_s, "wall_s": report.wall_s,
                                "indexed": report.indexed, "failed": len(report.failed), "segments": report.segments}

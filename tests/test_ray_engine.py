@@ -6,11 +6,14 @@ Slow (Ray start-up and actor model loads on 2 cores): marked ``slow`` and ``ray`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,19 +106,42 @@ def test_ray_engine_matches_local_engine(setup, cluster, tmp_path):
     assert Path(hit.path).parent == videos
 
 
-def test_killed_ray_worker_loses_and_duplicates_nothing(setup, cluster, tmp_path):
+@pytest.mark.parametrize("worker", ["_Encoder", "_Decoder"])
+def test_killed_ray_worker_loses_and_duplicates_nothing(setup, cluster, tmp_path, worker):
     root, videos, model_dir, want = setup
     killed: list[int] = []
 
-    def kill_an_encoder(_path: str) -> None:  # after the first committed batch, kill -9 the encoder actor
-        if not killed:
-            for pid in _pids_of("_Encoder"):
+    def kill(pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
+    def kill_an_encoder(_path: str) -> None:  # after the first committed batch, kill -9 the encoder actor
+        if worker == "_Encoder" and not killed:
+            kill(_pids_of(worker))
+
+    def kill_a_decoder() -> None:  # as soon as a decode actor exists (it may finish before the first commit)
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline and not stop.is_set():
+            pids = _pids_of(worker)
+            if pids:
+                time.sleep(0.5)  # let it take its first block
+                kill(pids)
+            time.sleep(0.05)
+
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_a_decoder, daemon=True) if worker == "_Decoder" else None
+    if killer:
+        killer.start()
     lib = Library(home=tmp_path / "h", model=str(model_dir), device="cpu")
-    report = lib.index([videos], engine="ray", progress=False, batch_size=2, on_video=kill_an_encoder)
-    assert killed, "no encoder actor process was found to kill"
+    try:
+        report = lib.index([videos], engine="ray", progress=False, batch_size=2, on_video=kill_an_encoder)
+    finally:
+        stop.set()
+        if killer:
+            killer.join()
+    assert killed, f"no {worker} actor process was found to kill"
     assert (report.indexed, len(report.failed)) == (12, 1)
     assert_same_rows(catalog_rows(tmp_path / "h"), want)
 
