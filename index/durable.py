@@ -1,9 +1,12 @@
-"""Durability helpers shared by the index files and the catalog's safety copy."""
+"""Durable file writes shared by the index files and the catalog's safety copy."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 
 def fsync_dir(folder: str | os.PathLike, *, best_effort: bool = False) -> None:
@@ -17,3 +20,24 @@ def fsync_dir(folder: str | os.PathLike, *, best_effort: bool = False) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_replace(final: str | os.PathLike, *, best_effort_dir_sync: bool = False) -> Iterator[str]:
+    """Write ``final`` atomically: yields the path of a temp file beside it (``.<name>.XXXX.tmp``, the pattern
+    :func:`vtr.index.integrity.remove_stale_temp_files` cleans up) for the caller to fill. On a clean exit the
+    file is fsynced and renamed over ``final`` and the folder fsynced (:func:`fsync_dir`); on an error it is
+    removed and the error raised."""
+    final = Path(os.fspath(final))
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(final.parent, best_effort=best_effort_dir_sync)

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 from vtr.errors import ConfigError, StorageError, VtrError, storage_error
 from vtr.index.catalog import CATALOG_FILE
-from vtr.index.durable import fsync_dir
+from vtr.index.durable import atomic_replace
 from vtr.index.integrity import quick_check, readonly_connect, remove_stale_temp_files, writable_home
 from vtr.index.lock import FileLock
 
@@ -51,9 +50,7 @@ def save_safety_copy(home: Path) -> Path:
     lock = FileLock(home / "indexes" / _COPY_LOCK, 120.0, "the catalog's safety copy")
     try:
         remove_stale_temp_files(home, SAFETY_COPY)
-        fd, tmp = tempfile.mkstemp(prefix=f".{SAFETY_COPY}.", suffix=".tmp", dir=home)
-        os.close(fd)
-        try:
+        with atomic_replace(final, best_effort_dir_sync=True) as tmp:
             src = sqlite3.connect(src_path, timeout=30.0)
             dst = sqlite3.connect(tmp)
             try:
@@ -63,14 +60,6 @@ def save_safety_copy(home: Path) -> Path:
             finally:
                 dst.close()
                 src.close()
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(home, best_effort=True)
     finally:
         lock.release()
     return final
@@ -177,23 +166,13 @@ def _move_aside(catalog: Path) -> Path:
 
 
 def _restore(copy: Path, catalog: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{catalog.name}.", suffix=".tmp", dir=catalog.parent)
-    os.close(fd)
-    try:
+    with atomic_replace(catalog, best_effort_dir_sync=True) as tmp:
         src, dst = sqlite3.connect(copy), sqlite3.connect(tmp)
         try:
             src.backup(dst)
         finally:
             dst.close()
             src.close()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, catalog)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(catalog.parent, best_effort=True)
 
 
 def _index_names(home: Path) -> set[str]:

@@ -24,12 +24,10 @@ not installed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,7 @@ import faiss
 import numpy as np
 
 from vtr.errors import IndexCorruptError
-from vtr.index.durable import fsync_dir
+from vtr.index.durable import atomic_replace
 from vtr.runtime import resolve_device
 
 __all__ = ["IndexCorruptError", "VectorIndex", "normalize", "torch_search"]
@@ -511,23 +509,13 @@ class VectorIndex:
         path = Path(os.fspath(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
+        with atomic_replace(path) as tmp, open(tmp, "wb") as fh:
 
-                def write(chunk: bytes) -> None:
-                    fh.write(chunk)
-                    digest.update(chunk)
+            def write(chunk: bytes) -> None:
+                fh.write(chunk)
+                digest.update(chunk)
 
-                faiss.write_index(self._index, faiss.PyCallbackIOWriter(write))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(path.parent)
+            faiss.write_index(self._index, faiss.PyCallbackIOWriter(write))
         return digest.hexdigest()
 
     @classmethod
