@@ -19,13 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
-import torch
+from conftest import tiny_model_dir
 
 from vtr.data.synth import generate_world
 from vtr.index.catalog import Catalog, Embedding, Segment, Video
 from vtr.library import Library
-from vtr.model.registry import save_model_dir
-from vtr.model.retrieval import build_model, config_for
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -36,9 +34,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("rayeng")
     world = generate_world(root / "world", num_videos=12, seed=3)
     (world.videos_dir / "broken.mp4").write_bytes(b"this is not a video" * 100)  # recorded as failed
-    torch.manual_seed(0)
-    model = build_model(config_for("videomamba_t16_minilm", img_size=64, num_frames=4, vision={"depth": 2}))
-    model_dir = save_model_dir(model, root / "model")
+    model_dir = tiny_model_dir(root / "model")
     local = Library(home=root / "local", model=str(model_dir), device="cpu")
     report = local.index([world.videos_dir], workers=0, progress=False, batch_size=4)
     assert report.indexed == 12 and len(report.failed) == 1

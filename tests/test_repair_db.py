@@ -10,15 +10,13 @@ import socket
 
 import jsonschema
 import pytest
-import torch
+from conftest import tiny_model_dir
 
 from vtr.cli.app import app
 from vtr.cli.errors import run_cli
 from vtr.data.synth import generate_world
 from vtr.errors import CatalogUnreachableError
 from vtr.library import Library
-from vtr.model.registry import save_model_dir
-from vtr.model.retrieval import build_model, config_for
 from vtr.schema import JSON_SCHEMA
 
 VALIDATOR = jsonschema.Draft202012Validator(JSON_SCHEMA)
@@ -30,9 +28,7 @@ def world(tmp_path_factory):
     """A tiny model and a small vtr-shapes world (indexed by each test into its own catalog)."""
     root = tmp_path_factory.mktemp("repair_db")
     world = generate_world(root / "world", num_videos=6, seed=5)
-    torch.manual_seed(0)
-    model = build_model(config_for("videomamba_t16_minilm", img_size=64, num_frames=4, vision={"depth": 2}))
-    return world, save_model_dir(model, root / "model")
+    return world, tiny_model_dir(root / "model")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

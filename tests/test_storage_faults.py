@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import tiny_model_dir
 
 from vtr.cli.app import app
 from vtr.cli.errors import run_cli
@@ -26,8 +26,6 @@ from vtr.index.lock import FileLock
 from vtr.index.repair import SAFETY_COPY, repair
 from vtr.index.store import LibraryStore
 from vtr.library import Library
-from vtr.model.registry import save_model_dir
-from vtr.model.retrieval import build_model, config_for
 
 QUERIES = ["a red circle moves left", "a blue square grows", "a green triangle appears"]
 DAMAGES = ["truncated", "page_overwritten", "header_zeroed", "bytes_flipped"]
@@ -38,9 +36,7 @@ def built(tmp_path_factory):
     """A tiny model, a 12-clip world, and a home indexed from it (with its safety copy), searched once."""
     root = tmp_path_factory.mktemp("faults")
     world = generate_world(root / "world", num_videos=12, seed=3)
-    torch.manual_seed(0)
-    model = build_model(config_for("videomamba_t16_minilm", img_size=64, num_frames=4, vision={"depth": 2}))
-    model_dir = save_model_dir(model, root / "model")
+    model_dir = tiny_model_dir(root / "model")
     home = root / "home"
     with Library(home=home, model=str(model_dir), device="cpu") as lib:
         lib.index([world.videos_dir], workers=0, progress=False)

@@ -116,11 +116,8 @@ class _Decoder:
     """A long-lived decode actor (``decode_pool="actors"``): :func:`_decode` with its imports done once."""
 
     def __init__(self, frames: int, size: int, policy: Any) -> None:
-        import torch
+        import vtr.data.clips  # noqa: F401  (torch and the decoders imported once per actor)
 
-        import vtr.data.clips  # noqa: F401  (imported once per actor)
-
-        torch.set_num_threads(1)
         self.kwargs = {"frames": frames, "size": size, "policy": policy}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
